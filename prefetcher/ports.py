@@ -1,0 +1,103 @@
+"""The ports: small protocols the agent depends on. Adapters implement them; fakes mirror them.
+
+Only ``prefetcher.adapters`` may import gRPC, HTTP or Kubernetes libraries. Everything else talks
+to the outside through these protocols, passed in as keyword-only arguments by ``cli``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Protocol
+
+from prefetcher.core.model import CachedImage, DiskState, ModelRequest
+from prefetcher.core.refs import ImageRef
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """Registry credentials; never logged."""
+
+    username: str = ""
+    password: str = ""
+    identity_token: str = ""
+
+    def __repr__(self) -> str:
+        return f"Credentials(username={self.username!r}, password=<redacted>)"
+
+
+@dataclass(frozen=True)
+class ResolvedImage:
+    """A reference pinned at the registry and the compressed bytes the node's platform needs."""
+
+    ref: ImageRef
+    size_bytes: int
+    platform: str = ""
+
+
+class PullHandle(Protocol):
+    """A pull under way; the executor watches it and may cancel it."""
+
+    def done(self) -> bool:
+        """True once the pull finished, failed or was cancelled."""
+
+    def result(self, timeout_seconds: float | None = None) -> str:
+        """The image id; raises ``PullFailedError`` or ``RuntimeUnavailableError``."""
+
+    def cancel(self) -> None:
+        """Abort the pull (the runtime discards partial content)."""
+
+
+class ImageRuntime(Protocol):
+    """The node's image store, reached through CRI ``runtime.v1``."""
+
+    def list_images(self) -> list[CachedImage]:
+        """Every image in the store."""
+
+    def image_status(self, ref: str) -> CachedImage | None:
+        """The image known by ``ref``, or None."""
+
+    def start_pull(
+        self, ref: str, *, credentials: Credentials | None, timeout_seconds: float
+    ) -> PullHandle:
+        """Begin pulling ``ref``; the handle reports the outcome."""
+
+    def remove_image(self, image_id: str) -> None:
+        """Remove the image (every name it has)."""
+
+    def images_in_use(self) -> frozenset[str]:
+        """Image ids and references of every container in any state."""
+
+
+class Registry(Protocol):
+    """An OCI distribution registry, asked before a pull."""
+
+    def resolve(self, ref: ImageRef) -> ResolvedImage:
+        """Pin ``ref`` to a digest and sum the layer sizes for this node's platform."""
+
+    def credentials_for(self, registry: str) -> Credentials | None:
+        """Credentials configured for a registry host, if any."""
+
+
+class ModelSource(Protocol):
+    """Where the set of models to keep warm comes from (a file, InferenceServices…)."""
+
+    def requests(self) -> Iterable[ModelRequest]:
+        """The models wanted now."""
+
+
+class DiskProbe(Protocol):
+    """Measures the image filesystem as kubelet does."""
+
+    def usage(self) -> DiskState:
+        """Total and used bytes of the filesystem."""
+
+
+class Clock(Protocol):
+    """Wall time and waiting, so tests can control both."""
+
+    def now(self) -> float:
+        """Seconds since the epoch."""
+
+    def monotonic(self) -> float:
+        """Seconds on a monotonic clock."""
