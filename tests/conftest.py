@@ -1,0 +1,8 @@
+"""Shared fixtures. Each real component's fixtures live in its own ``tests/support`` module."""
+
+pytest_plugins = [
+    "tests.support.registry",
+    "tests.support.oci",
+    "tests.support.containerd",
+    "tests.support.apiserver",
+]

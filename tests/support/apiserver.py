@@ -1,0 +1,1 @@
+"""Test support: apiserver (filled in by its owner)."""

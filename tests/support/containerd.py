@@ -1,0 +1,1 @@
+"""Test support: containerd (filled in by its owner)."""

@@ -1,0 +1,1 @@
+"""Test support: oci (filled in by its owner)."""

@@ -1,0 +1,1 @@
+"""Test support: registry (filled in by its owner)."""
