@@ -91,6 +91,8 @@ def parse_reference(uri: str) -> ImageRef:
         if not _TAG.fullmatch(tag):
             raise InvalidReferenceError(f"{uri!r}: invalid tag {tag!r}")
     registry, repository = _split_domain(text, uri)
+    if tag is None and digest is None:
+        tag = DEFAULT_TAG
     for component in repository.split("/"):
         if not _COMPONENT.fullmatch(component):
             raise InvalidReferenceError(f"{uri!r}: invalid repository component {component!r}")

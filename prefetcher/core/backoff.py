@@ -1,0 +1,22 @@
+"""Exponential back-off with jitter for failed pulls; the random draw is passed in."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class BackoffPolicy:
+    """Delay after the n-th consecutive failure: base * 2**(n-1), capped, with +/- jitter."""
+
+    base_seconds: float = 30.0
+    max_seconds: float = 1800.0
+    jitter_fraction: float = 0.2
+
+    def delay(self, failures: int, *, draw: float) -> float:
+        """Seconds to wait after ``failures`` consecutive failures; ``draw`` is uniform in [0, 1)."""
+        if failures <= 0:
+            return 0.0
+        raw = min(self.base_seconds * 2.0 ** min(failures - 1, 62), self.max_seconds)
+        jitter = raw * self.jitter_fraction * (2 * draw - 1)
+        return max(0.0, min(raw + jitter, self.max_seconds))

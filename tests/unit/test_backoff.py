@@ -1,0 +1,22 @@
+"""Back-off delays: exponential, capped, jittered within bounds."""
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from prefetcher.core.backoff import BackoffPolicy
+
+
+def test_doubles_from_the_base_without_jitter() -> None:
+    policy = BackoffPolicy(base_seconds=10, max_seconds=1000, jitter_fraction=0)
+    assert [policy.delay(n, draw=0.3) for n in range(6)] == [0, 10, 20, 40, 80, 160]
+
+
+@given(st.integers(0, 10_000), st.floats(0, 1, exclude_max=True))
+def test_jitter_stays_within_fraction_and_cap(failures: int, draw: float) -> None:
+    policy = BackoffPolicy(base_seconds=30, max_seconds=1800, jitter_fraction=0.2)
+    delay = policy.delay(failures, draw=draw)
+    if failures == 0:
+        assert delay == 0
+        return
+    raw = min(30 * 2.0 ** min(failures - 1, 62), 1800)
+    assert 0.8 * raw - 1e-9 <= delay <= min(1.2 * raw, 1800) + 1e-9
