@@ -1,0 +1,271 @@
+"""Configuration as data: the agent's YAML document (the ConfigMap SREs edit) and the models file.
+
+Each field's ``doc`` metadata is its one-line reference; ``reference_table`` renders them for the
+README, and a test keeps the two equal. YAML keys are the camelCase of the field names. Unknown keys
+are errors, so a typo in a ConfigMap is reported instead of silently ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+from prefetcher.core.model import ModelRequest
+from prefetcher.errors import ConfigError
+
+Check = Callable[[Any], str | None]
+
+
+def _opt(default: Any, doc: str, check: Check | None = None) -> Any:
+    factory = (
+        {"default_factory": lambda: dict(default)} if isinstance(default, dict) else {"default": default}
+    )
+    return field(**factory, metadata={"doc": doc, "check": check})
+
+
+def _between(low: float, high: float) -> Check:
+    return lambda v: None if low <= v <= high else f"must be between {low:g} and {high:g}"
+
+
+def _one_of(*choices: str) -> Check:
+    return lambda v: None if v in choices else f"must be one of {', '.join(choices)}"
+
+
+@dataclass(frozen=True)
+class BudgetConfig:
+    """How much of the image filesystem the agent may fill."""
+
+    max_usage_percent: float = _opt(
+        80.0,
+        "Pull only while the image filesystem stays at or under this usage percent; keep it below "
+        "kubelet's imageGCHighThresholdPercent (85 by default).",
+        _between(1, 100),
+    )
+    unpack_factor: float = _opt(
+        2.0,
+        "Disk bytes a pull costs per compressed byte (containerd keeps the compressed blobs and the "
+        "unpacked snapshot).",
+        _between(1, 10),
+    )
+
+
+@dataclass(frozen=True)
+class PullConfig:
+    """How pulls run."""
+
+    concurrency: int = _opt(2, "Pulls running at once.", _between(1, 64))
+    timeout_seconds: float = _opt(14400.0, "Longest a single pull may take in total.", _between(1, 7 * 86400))
+    stall_seconds: float = _opt(
+        300.0, "Cancel a pull when the image filesystem has not grown for this long.", _between(1, 86400)
+    )
+    tag_policy: str = _opt(
+        "resolve",
+        "A tag-only reference is `resolve`d to a digest (and warned about), `allow`ed as is, or `reject`ed.",
+        _one_of("resolve", "allow", "reject"),
+    )
+    backoff_base_seconds: float = _opt(
+        30.0, "First retry delay after a failed pull; doubles per failure.", _between(0, 86400)
+    )
+    backoff_max_seconds: float = _opt(1800.0, "Longest retry delay.", _between(0, 7 * 86400))
+
+
+@dataclass(frozen=True)
+class EvictionConfig:
+    """Removal of images the agent pulled and no longer needs."""
+
+    enabled: bool = _opt(True, "Remove images the agent pulled once no source wants them, or to make room.")
+    grace_seconds: float = _opt(
+        3600.0,
+        "How long a model stays after its last source stopped wanting it (absorbs flapping).",
+        _between(0, 365 * 86400),
+    )
+
+
+@dataclass(frozen=True)
+class RegistriesConfig:
+    """How the agent reaches registries before pulling (to pin tags and size images)."""
+
+    insecure: tuple[str, ...] = _opt((), "Registries (host:port) reached over plain HTTP.")
+    auth_file: str = _opt("", "Docker config.json with registry credentials; empty: node credentials only.")
+    ca_file: str = _opt("", "PEM bundle of extra CAs for registries; empty: system CAs.")
+    timeout_seconds: float = _opt(30.0, "Timeout of each registry request.", _between(1, 600))
+    platform: str = _opt("", "Platform picked from image indexes (os/arch[/variant]); empty: this node's.")
+
+
+@dataclass(frozen=True)
+class KubernetesConfig:
+    """Where models come from in a cluster, and how the agent reports."""
+
+    namespaces: tuple[str, ...] = _opt((), "Namespaces whose InferenceServices are followed; empty: all.")
+    node_selector: dict[str, str] = _opt({}, "Labels a node must have for the agent to warm anything on it.")
+    default_priority: int = _opt(0, "Priority of a model whose InferenceService has no priority annotation.")
+    priority_annotation: str = _opt(
+        "modelcar-prefetcher.io/priority", "InferenceService annotation holding an integer priority."
+    )
+    scale_to_zero_boost: int = _opt(
+        100,
+        "Added to the priority of models of InferenceServices with "
+        "minReplicas 0, whose cold starts hurt most.",
+    )
+    startup_taint: str = _opt("", "Taint key removed from this node once its models are warm; empty: off.")
+    startup_taint_deadline_seconds: float = _opt(
+        1800.0,
+        "Remove the start-up taint after this long even if models are not all warm.",
+        _between(0, 86400),
+    )
+
+
+@dataclass(frozen=True)
+class Config:
+    """The agent's configuration."""
+
+    cri_endpoint: str = _opt(
+        "", "CRI socket (unix:///…); empty: the first of containerd's and CRI-O's usual sockets that exists."
+    )
+    cri_timeout_seconds: float = _opt(
+        10.0, "Timeout of each CRI call other than PullImage.", _between(1, 600)
+    )
+    image_fs_path: str = _opt(
+        "/var/lib/containerd",
+        "A path on the filesystem holding the runtime's images; "
+        "its usage is what the budget governs, measured as kubelet does.",
+    )
+    state_file: str = _opt(
+        "/var/lib/modelcar-prefetcher/state.json",
+        "Where the agent remembers what it pulled and its back-off state.",
+    )
+    resync_seconds: float = _opt(
+        30.0, "Time between reconcile passes when nothing changes.", _between(1, 86400)
+    )
+    listen_address: str = _opt("0.0.0.0:8080", "Address of /metrics, /healthz and /readyz.")
+    log_format: str = _opt("text", "`text` or `json`.", _one_of("text", "json"))
+    log_level: str = _opt(
+        "info", "debug, info, warning or error.", _one_of("debug", "info", "warning", "error")
+    )
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
+    pull: PullConfig = field(default_factory=PullConfig)
+    eviction: EvictionConfig = field(default_factory=EvictionConfig)
+    registries: RegistriesConfig = field(default_factory=RegistriesConfig)
+    kubernetes: KubernetesConfig = field(default_factory=KubernetesConfig)
+
+
+def load_config(text: str) -> Config:
+    """Parse and validate a YAML configuration; raises ConfigError naming the bad key and value."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config is not valid YAML: {err}") from err
+    config: Config = _build(Config, {} if data is None else data, "")
+    return config
+
+
+def load_models(text: str) -> tuple[ModelRequest, ...]:
+    """Parse a models file: ``models: [{uri, priority}]``. URIs are checked later, one by one."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"models file is not valid YAML: {err}") from err
+    if not isinstance(data, Mapping) or not isinstance(data.get("models", []), list):
+        raise ConfigError("models file: expected a mapping with a list under `models`")
+    requests = []
+    for i, entry in enumerate(data.get("models") or []):
+        if not isinstance(entry, Mapping) or not isinstance(entry.get("uri"), str):
+            raise ConfigError(f"models[{i}].uri: expected a string, got {entry!r}")
+        unknown = set(entry) - {"uri", "priority"}
+        if unknown:
+            raise ConfigError(f"models[{i}].{sorted(unknown)[0]}: unknown key")
+        priority = entry.get("priority", 0)
+        if not isinstance(priority, int) or isinstance(priority, bool):
+            raise ConfigError(f"models[{i}].priority: expected an integer, got {priority!r}")
+        requests.append(ModelRequest(entry["uri"], priority, f"models[{i}]"))
+    return tuple(requests)
+
+
+def reference_table() -> str:
+    """The configuration reference as a Markdown table (key, default, meaning)."""
+    rows = ["| key | default | meaning |", "| --- | --- | --- |"]
+    rows += [f"| `{k}` | `{d}` | {doc} |" for k, d, doc in _walk(Config, "")]
+    return "\n".join(rows)
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+def _walk(cls: Any, prefix: str) -> list[tuple[str, str, str]]:
+    rows = []
+    hints: dict[str, Any] = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        key = prefix + _camel(f.name)
+        if dataclasses.is_dataclass(hints[f.name]):
+            rows += _walk(hints[f.name], key + ".")
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[operator]
+        rows.append((key, _show(default), f.metadata["doc"]))
+    return rows
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bool | tuple | dict) or value == "":
+        return json.dumps(list(value) if isinstance(value, tuple) else value)
+    return str(value)
+
+
+def _build(cls: Any, data: Any, path: str) -> Any:
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{path.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
+    hints: dict[str, Any] = typing.get_type_hints(cls)
+    fields = {_camel(f.name): f for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in fields:
+            raise ConfigError(f"{path}{key}: unknown key")
+    values = {}
+    for key, f in fields.items():
+        if key not in data:
+            continue
+        kind: Any = hints[f.name]
+        if dataclasses.is_dataclass(kind):
+            values[f.name] = _build(kind, data[key], f"{path}{key}.")
+            continue
+        value = _convert(kind, data[key], f"{path}{key}")
+        problem = f.metadata["check"] and f.metadata["check"](value)
+        if problem:
+            raise ConfigError(f"{path}{key}: {problem}, got {data[key]!r}")
+        values[f.name] = value
+    return cls(**values)
+
+
+def _convert(kind: Any, value: Any, key: str) -> Any:
+    def bad(expected: str) -> ConfigError:
+        return ConfigError(f"{key}: expected {expected}, got {value!r}")
+
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise bad("true or false")
+        return value
+    if kind in (int, float):
+        wrong_int = kind is int and isinstance(value, float)
+        if isinstance(value, bool) or not isinstance(value, int | float) or wrong_int:
+            raise bad("an integer" if kind is int else "a number")
+        return kind(value)
+    if kind is str:
+        if not isinstance(value, str):
+            raise bad("a string")
+        return value
+    origin = typing.get_origin(kind)
+    if origin is tuple:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise bad("a list of strings")
+        return tuple(value)
+    if origin is dict:
+        if not isinstance(value, Mapping) or not all(isinstance(v, str) for v in value.values()):
+            raise bad("a mapping of strings")
+        return dict(value)
+    raise AssertionError(f"unsupported config type {kind} at {key}")  # a bug in this module, not input
