@@ -101,3 +101,10 @@ class Clock(Protocol):
 
     def monotonic(self) -> float:
         """Seconds on a monotonic clock."""
+
+
+class EventSink(Protocol):
+    """Where the agent reports to people (Kubernetes Events, or the log without a cluster)."""
+
+    def emit(self, sources: tuple[str, ...], *, warning: bool, reason: str, message: str) -> None:
+        """Report ``reason``/``message`` about the objects named by ``sources``."""

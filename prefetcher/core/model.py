@@ -129,6 +129,7 @@ class Skip:
     ref: str
     reason: SkipReason
     message: str
+    sources: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

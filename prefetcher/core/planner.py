@@ -70,11 +70,11 @@ def plan(
         ref = model.ref.canonical()
         if cost > limit:
             msg = f"needs {format_bytes(cost)}, more than the whole budget of {format_bytes(limit)}"
-            skips.append(Skip(ref, SkipReason.TOO_LARGE, msg))
+            skips.append(Skip(ref, SkipReason.TOO_LARGE, msg, model.sources))
             continue
         room = _make_room(pool, projected + cost - limit)
         if room is None:
-            skips.append(Skip(ref, SkipReason.BUDGET, _budget_message(cost, projected, limit)))
+            skips.append(Skip(ref, SkipReason.BUDGET, _budget_message(cost, projected, limit), model.sources))
             continue
         for candidate in room:
             pool.remove(candidate)
@@ -110,10 +110,12 @@ def _classify(
         if ref in cached_refs:
             warm.append(model)
         elif ref in in_flight:
-            skips.append(Skip(ref, SkipReason.IN_FLIGHT, "pull in progress"))
+            skips.append(Skip(ref, SkipReason.IN_FLIGHT, "pull in progress", model.sources))
         elif backoff_until.get(ref, 0.0) > now:
             wait = backoff_until[ref] - now
-            skips.append(Skip(ref, SkipReason.BACKOFF, f"last attempt failed; retry in {wait:.0f}s"))
+            skips.append(
+                Skip(ref, SkipReason.BACKOFF, f"last attempt failed; retry in {wait:.0f}s", model.sources)
+            )
         else:
             pending.append(model)
     return warm, pending, skips

@@ -1,0 +1,1 @@
+"""The node agent: resolution, reconcile loop, pull execution and health endpoints."""

@@ -1,0 +1,119 @@
+"""Pulls under way: started through the runtime port, watched for completion and for stalls."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from prefetcher.config import Config
+from prefetcher.core.model import Pull
+from prefetcher.core.units import format_bytes
+from prefetcher.errors import PullFailedError, RuntimeUnavailableError
+from prefetcher.ports import Clock, DiskProbe, ImageRuntime, PullHandle, Registry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PullOutcome:
+    """A finished pull: ``error`` is None on success."""
+
+    model_ref: str
+    sources: tuple[str, ...]
+    image_id: str
+    cost_bytes: int
+    seconds: float
+    error: str | None = None
+    reason: str = ""
+
+
+@dataclass
+class _InFlight:
+    pull: Pull
+    handle: PullHandle
+    started: float
+    last_progress: float
+    used_at_start: int
+    alone: bool
+
+
+class PullTracker:
+    """Open pull handles, keyed by canonical reference."""
+
+    def __init__(self, *, runtime: ImageRuntime, disk: DiskProbe, clock: Clock, registry: Registry) -> None:
+        self._runtime = runtime
+        self._disk = disk
+        self._clock = clock
+        self._registry = registry
+        self._active: dict[str, _InFlight] = {}
+        self._last_used = 0
+
+    @property
+    def active(self) -> dict[str, _InFlight]:
+        """Pulls under way."""
+        return self._active
+
+    def reserved(self) -> dict[str, int]:
+        """Estimated disk cost of each pull under way, for the planner."""
+        return {ref: f.pull.cost_bytes for ref, f in self._active.items()}
+
+    def start(self, pull: Pull, cfg: Config) -> None:
+        """Begin a pull; raises RuntimeUnavailableError when the runtime cannot be reached."""
+        ref = pull.model.ref.canonical()
+        credentials = self._registry.credentials_for(pull.model.ref.registry)
+        handle = self._runtime.start_pull(
+            ref, credentials=credentials, timeout_seconds=cfg.pull.timeout_seconds
+        )
+        now = self._clock.monotonic()
+        used = self._disk.usage().used_bytes
+        self._last_used = max(self._last_used, used)
+        for other in self._active.values():
+            other.alone = False
+        self._active[ref] = _InFlight(pull, handle, now, now, used, alone=not self._active)
+        log.info(
+            "pulling %s (priority %d, about %s on disk) for %s",
+            ref,
+            pull.model.priority,
+            format_bytes(pull.cost_bytes),
+            ", ".join(pull.model.sources) or "-",
+        )
+
+    def poll(self, *, stall_seconds: float) -> list[PullOutcome]:
+        """Collect finished pulls and cancel stalled ones."""
+        if not self._active:
+            return []
+        now = self._clock.monotonic()
+        used = self._disk.usage().used_bytes
+        if used > self._last_used:
+            for flight in self._active.values():
+                flight.last_progress = now
+        self._last_used = used
+        outcomes = []
+        for ref, flight in list(self._active.items()):
+            if flight.handle.done():
+                outcomes.append(self._finish(ref, flight, used, now))
+            elif now - flight.last_progress > stall_seconds:
+                flight.handle.cancel()
+                error = f"no progress on the image filesystem for {stall_seconds:.0f}s; pull cancelled"
+                outcomes.append(self._outcome(flight, now, error=error, reason="stalled"))
+            else:
+                continue
+            del self._active[ref]
+        return outcomes
+
+    def _finish(self, ref: str, flight: _InFlight, used: int, now: float) -> PullOutcome:
+        try:
+            image_id = flight.handle.result(0)
+        except PullFailedError as err:
+            return self._outcome(flight, now, error=str(err), reason=err.reason)
+        except RuntimeUnavailableError as err:
+            return self._outcome(flight, now, error=str(err), reason="runtime_unavailable")
+        # The filesystem delta is the real cost only when no other pull ran beside this one.
+        observed = used - flight.used_at_start
+        cost = observed if flight.alone and observed >= 0 else flight.pull.cost_bytes
+        return PullOutcome(ref, flight.pull.model.sources, image_id, cost, now - flight.started)
+
+    @staticmethod
+    def _outcome(flight: _InFlight, now: float, *, error: str, reason: str) -> PullOutcome:
+        model = flight.pull.model
+        return PullOutcome(model.ref.canonical(), model.sources, "", 0, now - flight.started, error, reason)

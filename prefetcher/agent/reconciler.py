@@ -1,0 +1,268 @@
+"""The reconcile loop: resolve, plan, evict, pull, watch pulls, re-plan after every change.
+
+One thread drives everything: CRI pulls are asynchronous calls, so "bounded concurrency" is the
+number of pull handles this loop keeps open. A pull fails on total time (``pull.timeoutSeconds``)
+or on lack of progress — the image filesystem not growing for ``pull.stallSeconds`` — because a
+100 GB pull legitimately takes an hour while a wedged one never finishes.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+
+from prefetcher.agent.executor import PullOutcome, PullTracker
+from prefetcher.agent.resolver import Resolution, Resolver
+from prefetcher.config import Config
+from prefetcher.core import planner
+from prefetcher.core.backoff import BackoffPolicy
+from prefetcher.core.model import Budget, DesiredModel, Eviction, ManagedImage, Plan, Skip, SkipReason
+from prefetcher.core.state import AgentState, BackoffEntry
+from prefetcher.core.units import format_bytes
+from prefetcher.errors import PrefetchError
+from prefetcher.metrics import Metrics
+from prefetcher.ports import Clock, DiskProbe, EventSink, ImageRuntime, ModelSource, Registry
+
+log = logging.getLogger(__name__)
+POLL_SECONDS = 1.0
+# Transient skips (a pull under way, a retry pending) are not news; the failure itself was reported.
+_QUIET = (SkipReason.IN_FLIGHT, SkipReason.BACKOFF, SkipReason.UNRESOLVED)
+
+
+@dataclass
+class PassReport:
+    """What the last pass decided, for the CLI, health and the start-up taint."""
+
+    plan: Plan = field(default_factory=Plan)
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+class Reconciler:
+    """Keeps the node's image store in line with the desired models, within the budget."""
+
+    def __init__(
+        self,
+        *,
+        runtime: ImageRuntime,
+        registry: Registry,
+        source: ModelSource,
+        disk: DiskProbe,
+        events: EventSink,
+        metrics: Metrics,
+        clock: Clock,
+        config: Callable[[], Config],
+        state: AgentState,
+        save_state: Callable[[AgentState], None],
+        draw: Callable[[], float],
+    ) -> None:
+        self._runtime = runtime
+        self._source = source
+        self._disk = disk
+        self._events = events
+        self._metrics = metrics
+        self._clock = clock
+        self._config = config
+        self._state = state
+        self._save = save_state
+        self._draw = draw
+        self._resolver = Resolver(registry=registry, events=events, clock=clock.now)
+        self._pulls = PullTracker(runtime=runtime, disk=disk, clock=clock, registry=registry)
+        self._skipped: dict[str, SkipReason] = {}
+        self.report = PassReport()
+        self.passes = 0
+        self.healthy = False
+
+    def run(self, stop: threading.Event, *, once: bool = False) -> int:
+        """Reconcile until ``stop`` is set; with ``once``, until nothing is left to do (exit code)."""
+        failed: dict[str, str] = {}
+        while not stop.is_set():
+            self._pass_safely(failed if once else None)
+            if (
+                once
+                and not self._pulls.active
+                and not self.report.plan.pulls
+                and not self.report.plan.evictions
+            ):
+                return 1 if failed else 0
+            self._wait(stop, self._config().resync_seconds, failed if once else None)
+        return 0
+
+    def dry_run(self) -> Plan:
+        """The plan a pass would carry out now, changing nothing."""
+        return self._decide(None)[0]
+
+    def reconcile(self, failed_this_run: dict[str, str] | None = None) -> PassReport:
+        """One pass: resolve, plan, evict, start pulls. Raises PrefetchError when the runtime is down."""
+        cfg = self._config()
+        plan, resolution, cached_refs, usage_ratio = self._decide(failed_this_run)
+        for ref, error, sources in resolution.failures:
+            self._record_failure(ref, error, sources, failed_this_run)
+        self._remember(resolution.desired, cached_refs, self._clock.now())
+        for eviction in plan.evictions:
+            self._evict(eviction)
+        for pull in plan.pulls[: max(cfg.pull.concurrency - len(self._pulls.active), 0)]:
+            self._pulls.start(pull, cfg)
+        self._publish(plan, usage_ratio)
+        self.report = PassReport(plan, dict(failed_this_run or {}))
+        return self.report
+
+    def _decide(
+        self, failed_this_run: dict[str, str] | None
+    ) -> tuple[Plan, Resolution, frozenset[str], float]:
+        cfg = self._config()
+        now = self._clock.now()
+        cached = self._runtime.list_images()
+        cached_refs = frozenset(r for image in cached for r in image.refs)
+        backoff = {ref: b.until for ref, b in self._state.backoff.items()}
+        if failed_this_run is not None:
+            backoff.update({ref: float("inf") for ref in failed_this_run})
+        resolution = self._resolver.resolve_all(
+            self._source.requests(),
+            cached_refs=cached_refs,
+            tag_policy=cfg.pull.tag_policy,
+            backoff_until=backoff,
+        )
+        disk = self._disk.usage()
+        plan = planner.plan(
+            resolution.desired,
+            cached,
+            self._runtime.images_in_use(),
+            disk,
+            _budget(cfg),
+            now=now,
+            managed=self._state.managed,
+            backoff_until=backoff,
+            in_flight=self._pulls.reserved(),
+        )
+        return replace(plan, skips=resolution.skips + plan.skips), resolution, cached_refs, disk.usage_ratio
+
+    def _pass_safely(self, failed: dict[str, str] | None) -> None:
+        try:
+            self.reconcile(failed)
+            self.passes += 1
+            self.healthy = True
+            self._metrics.last_reconcile.set(self._clock.now())
+        except PrefetchError as err:
+            # The top of the loop is the one place that catches broadly: log once, carry on.
+            self.healthy = False
+            self._metrics.reconcile_errors.labels(type(err).__name__).inc()
+            log.error("reconcile pass failed: %s", err)
+
+    def _wait(self, stop: threading.Event, seconds: float, failed: dict[str, str] | None) -> None:
+        """Watch pulls until one finishes (then re-plan at once) or ``seconds`` pass."""
+        deadline = self._clock.monotonic() + seconds
+        while not stop.is_set() and self._clock.monotonic() < deadline:
+            cfg = self._config()
+            finished = self._pulls.poll(stall_seconds=cfg.pull.stall_seconds)
+            for outcome in finished:
+                if outcome.error is None:
+                    self._record_success(outcome)
+                else:
+                    self._record_failure(
+                        outcome.model_ref, outcome.error, outcome.sources, failed, outcome.reason
+                    )
+            if finished:
+                return
+            stop.wait(POLL_SECONDS if self._pulls.active else min(POLL_SECONDS * 5, seconds))
+
+    def _record_success(self, outcome: PullOutcome) -> None:
+        now, ref, cost = self._clock.now(), outcome.model_ref, outcome.cost_bytes
+        self._state.managed[ref] = ManagedImage(ref, outcome.image_id, now, now, cost)
+        self._state.backoff.pop(ref, None)
+        self._save(self._state)
+        self._metrics.pulls.labels("success", "").inc()
+        self._metrics.pull_duration.observe(outcome.seconds)
+        self._metrics.pulled_bytes.inc(cost)
+        message = f"prefetched {ref} on this node in {outcome.seconds:.1f}s ({format_bytes(cost)} on disk)"
+        log.info("pull succeeded: %s", message)
+        self._events.emit(outcome.sources, warning=False, reason="Prefetched", message=message)
+
+    def _record_failure(
+        self,
+        ref: str,
+        error: str,
+        sources: tuple[str, ...],
+        failed: dict[str, str] | None,
+        reason: str = "unresolved",
+    ) -> None:
+        cfg = self._config().pull
+        policy = BackoffPolicy(cfg.backoff_base_seconds, cfg.backoff_max_seconds)
+        previous = self._state.backoff.get(ref)
+        failures = (previous.failures if previous else 0) + 1
+        until = self._clock.now() + policy.delay(failures, draw=self._draw())
+        self._state.backoff[ref] = BackoffEntry(failures, until, error[:500])
+        self._save(self._state)
+        if failed is not None:
+            failed[ref] = error
+        self._metrics.pulls.labels("failed", reason).inc()
+        log.error("pull failed: %s (%s, attempt %d): %s", ref, reason, failures, error)
+        self._events.emit(sources, warning=True, reason="PrefetchFailed", message=f"{ref}: {error}")
+
+    def _remember(self, desired: tuple[DesiredModel, ...], cached_refs: frozenset[str], now: float) -> None:
+        """Refresh last-desired times of held images; forget images the runtime no longer has."""
+        wanted = {m.ref.canonical() for m in desired}
+        changed = False
+        for ref, managed in list(self._state.managed.items()):
+            if ref not in cached_refs:
+                del self._state.managed[ref]
+                log.info("forgetting %s: no longer in the image store", ref)
+                changed = True
+            elif ref in wanted and now - managed.last_desired_at > 60:
+                self._state.managed[ref] = replace(managed, last_desired_at=now)
+                changed = True
+        if changed:
+            self._save(self._state)
+
+    def _evict(self, eviction: Eviction) -> None:
+        # Re-check just before removing: a pod may have started on this image since the plan.
+        in_use = self._runtime.images_in_use()
+        if eviction.image_id in in_use or set(eviction.refs) & in_use:
+            log.info("not evicting %s: in use since planning", ", ".join(eviction.refs))
+            return
+        self._runtime.remove_image(eviction.image_id)
+        for ref in eviction.refs:
+            self._state.managed.pop(ref, None)
+        self._save(self._state)
+        self._metrics.evictions.labels(eviction.reason.value).inc()
+        log.info(
+            "evicted %s (%s, freed about %s)",
+            ", ".join(eviction.refs),
+            eviction.reason.value,
+            format_bytes(eviction.freed_bytes),
+        )
+
+    def _publish(self, plan: Plan, usage_ratio: float) -> None:
+        m = self._metrics
+        m.budget_bytes.set(plan.limit_bytes)
+        m.fs_usage_ratio.set(usage_ratio)
+        m.managed_bytes.set(sum(x.cost_bytes for x in self._state.managed.values()))
+        m.models.labels("warm").set(len(plan.warm))
+        m.models.labels("pulling").set(len(self._pulls.active))
+        m.models.labels("pending").set(max(len(plan.pulls) - len(self._pulls.active), 0))
+        m.models.labels("skipped").set(len(plan.skips))
+        for reason in SkipReason:
+            m.skipped.labels(reason.value).set(sum(1 for s in plan.skips if s.reason is reason))
+        self._announce_skips(plan.skips)
+
+    def _announce_skips(self, skips: tuple[Skip, ...]) -> None:
+        """Log and report a skip when it first happens or its reason changes, not on every pass."""
+        current = {s.ref: s.reason for s in skips if s.reason not in _QUIET}
+        for skip in skips:
+            if skip.reason in _QUIET or self._skipped.get(skip.ref) is skip.reason:
+                continue
+            log.warning("skipped %s (%s): %s", skip.ref, skip.reason.value, skip.message)
+            self._events.emit(
+                skip.sources, warning=True, reason="PrefetchSkipped", message=f"{skip.ref}: {skip.message}"
+            )
+        self._skipped = current
+
+
+def _budget(cfg: Config) -> Budget:
+    return Budget(
+        cfg.budget.max_usage_percent,
+        cfg.budget.unpack_factor,
+        cfg.eviction.enabled,
+        cfg.eviction.grace_seconds,
+    )

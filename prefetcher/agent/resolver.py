@@ -1,0 +1,118 @@
+"""Turns model requests into pinned, sized models, asking the registry only when it must.
+
+A model already in the runtime's store needs no registry call; a digest's size never changes, so
+it is cached for good; a tag is re-resolved after ``tag_ttl_seconds``. Failures back off per
+reference, so a broken registry is not asked on every pass.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+from prefetcher.core.model import DesiredModel, ModelRequest, Skip, SkipReason
+from prefetcher.core.refs import ImageRef, parse_reference
+from prefetcher.errors import InvalidReferenceError, RegistryError
+from prefetcher.ports import EventSink, Registry, ResolvedImage
+
+log = logging.getLogger(__name__)
+MAX_CACHED = 20_000
+
+
+@dataclass(frozen=True)
+class Resolution:
+    """Models ready for the planner, models skipped, and references whose lookup failed now."""
+
+    desired: tuple[DesiredModel, ...]
+    skips: tuple[Skip, ...]
+    failures: tuple[tuple[str, str, tuple[str, ...]], ...]
+
+
+class Resolver:
+    """Resolves requests with a size cache; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        registry: Registry,
+        events: EventSink,
+        clock: Callable[[], float],
+        tag_ttl_seconds: float = 300.0,
+    ) -> None:
+        self._registry = registry
+        self._events = events
+        self._clock = clock
+        self._tag_ttl = tag_ttl_seconds
+        self._cache: dict[str, tuple[ResolvedImage, float]] = {}
+
+    def resolve_all(
+        self,
+        requests: Iterable[ModelRequest],
+        *,
+        cached_refs: frozenset[str],
+        tag_policy: str,
+        backoff_until: dict[str, float],
+    ) -> Resolution:
+        """Resolve every request; never raises for one bad model."""
+        desired: list[DesiredModel] = []
+        skips: list[Skip] = []
+        failures: list[tuple[str, str, tuple[str, ...]]] = []
+        now = self._clock()
+        for request in requests:
+            try:
+                ref = parse_reference(request.uri)
+            except InvalidReferenceError as err:
+                skips.append(Skip(request.uri, SkipReason.INVALID_REFERENCE, str(err), (request.source,)))
+                continue
+            key = ref.canonical()
+            if not ref.pinned and tag_policy == "reject":
+                skips.append(
+                    Skip(key, SkipReason.TAG_REJECTED, "tag-only reference refused by pull.tagPolicy")
+                )
+                continue
+            if key in cached_refs and (ref.pinned or tag_policy == "allow"):
+                desired.append(DesiredModel(ref, request.priority, 0, (request.source,)))
+                continue
+            if backoff_until.get(key, 0.0) > now:
+                wait = backoff_until[key] - now
+                skips.append(
+                    Skip(
+                        key,
+                        SkipReason.BACKOFF,
+                        f"last lookup failed; retry in {wait:.0f}s",
+                        (request.source,),
+                    )
+                )
+                continue
+            try:
+                resolved, fresh = self._lookup(ref, now)
+            except RegistryError as err:
+                skips.append(Skip(key, SkipReason.UNRESOLVED, str(err), (request.source,)))
+                failures.append((key, str(err), (request.source,)))
+                continue
+            pinned = resolved.ref if tag_policy == "resolve" or ref.pinned else ref
+            if fresh and not ref.pinned and tag_policy == "resolve":
+                self._warn_tag(request, ref, pinned)
+            desired.append(DesiredModel(pinned, request.priority, resolved.size_bytes, (request.source,)))
+        return Resolution(tuple(desired), tuple(skips), tuple(failures))
+
+    def _lookup(self, ref: ImageRef, now: float) -> tuple[ResolvedImage, bool]:
+        """The resolved image, and whether the registry was asked just now."""
+        key = ref.canonical()
+        hit = self._cache.get(key)
+        if hit and (ref.pinned or now - hit[1] < self._tag_ttl):
+            return hit[0], False
+        resolved = self._registry.resolve(ref)
+        if len(self._cache) >= MAX_CACHED:
+            self._cache.clear()
+        self._cache[key] = (resolved, now)
+        return resolved, True
+
+    def _warn_tag(self, request: ModelRequest, ref: ImageRef, pinned: ImageRef) -> None:
+        message = (
+            f"{request.uri} names a tag, which defeats node caching; pulled as {pinned.canonical()}. "
+            "Pin the digest in storageUri."
+        )
+        log.warning("tag resolved: %s", message)
+        self._events.emit((request.source,), warning=True, reason="TagResolved", message=message)

@@ -1,0 +1,201 @@
+"""The command line, and the one place that reads flags, files and environment and wires adapters."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import random
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from prefetcher import __version__
+from prefetcher.adapters.cri import CriImageRuntime, detect_endpoint
+from prefetcher.adapters.disk import StatvfsDisk
+from prefetcher.adapters.files import FileModelSource, StateFile, WatchedFile
+from prefetcher.adapters.registry import HttpRegistry
+from prefetcher.agent.health import HealthServer, parse_address
+from prefetcher.agent.reconciler import Reconciler
+from prefetcher.agent.runtime_support import LogEvents, SystemClock, configure_logging
+from prefetcher.config import Config, load_config, load_models
+from prefetcher.core.model import Plan
+from prefetcher.core.state import AgentState
+from prefetcher.core.units import format_bytes
+from prefetcher.errors import PrefetchError
+from prefetcher.metrics import Metrics
+
+log = logging.getLogger("prefetcher")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``prefetcher`` command."""
+    args = _parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except PrefetchError as err:
+        print(f"prefetcher: {err}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="prefetcher", description="Keep modelcar images warm on this node.")
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+    agent = sub.add_parser("agent", help="run the node agent")
+    plan = sub.add_parser("plan", help="show what the agent would pull, evict and skip; changes nothing")
+    for p in (agent, plan):
+        p.add_argument("--config", type=Path, required=True, help="YAML config (the ConfigMap's agent.yaml)")
+        p.add_argument("--models", type=Path, required=True, help="models file listing what to keep warm")
+    agent.add_argument("--once", action="store_true", help="carry out one full plan and exit")
+    agent.set_defaults(func=_run_agent)
+    plan.add_argument("-o", "--output", choices=("text", "json"), default="text")
+    plan.set_defaults(func=_run_plan)
+    version = sub.add_parser("version", help="print the version")
+    version.set_defaults(func=lambda _args: print(f"prefetcher {__version__}") or 0)
+    return parser
+
+
+def _node_platform() -> str:
+    machine = platform.machine().lower()
+    arch = {"x86_64": "amd64", "aarch64": "arm64", "armv7l": "arm/v7"}.get(machine, machine)
+    return f"linux/{arch}"
+
+
+def _wire(
+    cfg: Config,
+    *,
+    config: Callable[[], Config],
+    models: WatchedFile[Any],
+    metrics: Metrics,
+    state: AgentState,
+    save_state: Callable[[AgentState], None],
+) -> Reconciler:
+    """Build the reconciler and its adapters from the configuration at start-up."""
+    endpoint = cfg.cri_endpoint or detect_endpoint()
+    registry = HttpRegistry(
+        insecure=frozenset(cfg.registries.insecure),
+        auth_file=Path(cfg.registries.auth_file) if cfg.registries.auth_file else None,
+        ca_file=Path(cfg.registries.ca_file) if cfg.registries.ca_file else None,
+        timeout_seconds=cfg.registries.timeout_seconds,
+        platform=cfg.registries.platform or _node_platform(),
+    )
+    return Reconciler(
+        runtime=CriImageRuntime(endpoint, timeout_seconds=cfg.cri_timeout_seconds),
+        registry=registry,
+        source=FileModelSource(models),
+        disk=StatvfsDisk(Path(cfg.image_fs_path)),
+        events=LogEvents(),
+        metrics=metrics,
+        clock=SystemClock(),
+        config=config,
+        state=state,
+        save_state=save_state,
+        draw=random.random,
+    )
+
+
+def _watch(args: argparse.Namespace, metrics: Metrics) -> tuple[WatchedFile[Config], WatchedFile[Any]]:
+    def count(outcome: str, _message: str) -> None:
+        metrics.config_reloads.labels(outcome).inc()
+
+    config = WatchedFile(args.config, load_config, on_reload=count)
+    models = WatchedFile(args.models, load_models, on_reload=count)
+    return config, models
+
+
+def _run_agent(args: argparse.Namespace) -> int:
+    metrics = Metrics(CollectorRegistry())
+    config, models = _watch(args, metrics)
+    cfg = config.current()
+    configure_logging(level=cfg.log_level, json_format=cfg.log_format == "json")
+    state = StateFile(Path(cfg.state_file))
+    # Hot reload: every pass reads the latest good config; endpoints and listen address need a restart.
+    reconciler = _wire(
+        cfg, config=config.current, models=models, metrics=metrics, state=state.load(), save_state=state.save
+    )
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    server = HealthServer(
+        address=parse_address(cfg.listen_address),
+        registry=metrics.registry,
+        live=lambda: (True, "ok"),
+        ready=lambda: (reconciler.healthy, f"passes={reconciler.passes} runtime_ok={reconciler.healthy}"),
+    )
+    server.start()
+    log.info("prefetcher %s starting (config %s, models %s)", __version__, args.config, args.models)
+    try:
+        code = reconciler.run(stop, once=args.once)
+    finally:
+        server.stop()
+    if args.once:
+        _print_plan(reconciler.report.plan, failed=reconciler.report.failed)
+    return code
+
+
+def _run_plan(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config.read_text())
+    configure_logging(level="warning", json_format=False)
+    models = WatchedFile(args.models, load_models, on_reload=lambda *_: None)
+    saved = StateFile(Path(cfg.state_file)).load()
+    reconciler = _wire(
+        cfg,
+        config=lambda: cfg,
+        models=models,
+        metrics=Metrics(CollectorRegistry()),
+        state=saved,
+        save_state=lambda _state: None,
+    )  # a dry run writes nothing
+    plan = reconciler.dry_run()
+    if args.output == "json":
+        print(json.dumps(_plan_doc(plan), indent=2, default=str))
+    else:
+        _print_plan(plan, failed={})
+    return 0
+
+
+def _plan_doc(plan: Plan) -> dict[str, Any]:
+    return {
+        "limitBytes": plan.limit_bytes,
+        "usedBytes": plan.used_bytes,
+        "projectedBytes": plan.projected_bytes,
+        "pulls": [
+            {
+                "ref": p.model.ref.canonical(),
+                "priority": p.model.priority,
+                "costBytes": p.cost_bytes,
+                "sources": list(p.model.sources),
+            }
+            for p in plan.pulls
+        ],
+        "evictions": [asdict(e) for e in plan.evictions],
+        "skips": [{"ref": s.ref, "reason": s.reason.value, "message": s.message} for s in plan.skips],
+        "warm": [m.ref.canonical() for m in plan.warm],
+    }
+
+
+def _print_plan(plan: Plan, *, failed: dict[str, str]) -> None:
+    print(
+        f"image filesystem: {format_bytes(plan.used_bytes)} used, budget {format_bytes(plan.limit_bytes)}, "
+        f"projected {format_bytes(plan.projected_bytes)}"
+    )
+    for m in plan.warm:
+        print(f"  warm     {m.ref.canonical()}")
+    for p in plan.pulls:
+        print(
+            f"  pull     {p.model.ref.canonical()}  priority={p.model.priority}"
+            f"  ~{format_bytes(p.cost_bytes)}"
+        )
+    for e in plan.evictions:
+        print(f"  evict    {', '.join(e.refs)}  ({e.reason.value}, frees ~{format_bytes(e.freed_bytes)})")
+    for s in plan.skips:
+        print(f"  skip     {s.ref}  ({s.reason.value}) {s.message}")
+    for ref, error in failed.items():
+        print(f"  failed   {ref}  {error}")
