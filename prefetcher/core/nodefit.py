@@ -161,9 +161,7 @@ def fits(
     for name, wanted in constraints.resources:
         has = node.allocatable.get(name, Fraction(0))
         if wanted > has:
-            return FitResult(
-                False, f"needs {name}={format_quantity(wanted)}, node has {format_quantity(has)}"
-            )
+            return FitResult(False, f"needs {name}={_show(wanted)}, node has {_show(has)}")
     return FIT
 
 
@@ -207,6 +205,13 @@ def requirement_holds(requirement: Requirement, labels: Mapping[str, str]) -> bo
             return False
         return ours > theirs if op == "Gt" else ours < theirs
     return False
+
+
+def _show(value: Fraction) -> str:
+    try:
+        return format_quantity(value)
+    except ValueError:
+        return str(value)  # not from a quantity; say it as a fraction rather than fail
 
 
 def _int64(text: str) -> int | None:
