@@ -1,1 +1,279 @@
-"""Test support: containerd (filled in by its owner)."""
+"""Test support: a private containerd (CRI ``runtime.v1``) per test session or per test.
+
+``start_containerd`` runs the Debian ``containerd`` with its own root, state, socket and config in
+a work directory, next to any other containerd on the machine. Its CRI plugin pulls from the test
+registry over plain HTTP (a ``hosts.toml`` under ``config_path``; the older ``mirrors`` table is
+deprecated), uses the test registry's sandbox image (``registry.k8s.io`` is unreachable), the
+overlayfs snapshotter, and ``restrict_oom_score_adj`` (without it ``RunPodSandbox`` fails on these
+machines with ``can't get final child's PID from pipe: EOF``). With ``root_size_mb`` the root is a
+fixed-size tmpfs: a real filesystem a test can fill.
+
+Teardown removes every pod through CRI (so shims and containers exit), stops the daemon's process
+group, kills any shim it left behind (by pid, only shims of this socket), unmounts what is still
+mounted under the work directory and the tmpfs. Fixtures: ``containerd`` (session) and
+``containerd_factory`` (per test, for instances of their own).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import pytest
+
+from prefetcher.adapters.cri_api import api_pb2 as cri
+from prefetcher.adapters.cri_api import api_pb2_grpc as cri_grpc
+from tests.support.oci import push_sandbox_image
+from tests.support.pods import CriPods, wait_for
+from tests.support.registry import RunningRegistry
+
+STARTUP_TIMEOUT_SECONDS = 60.0
+STOP_TIMEOUT_SECONDS = 20.0
+BINARIES = {"containerd": "containerd", "runc": "runc", "mount": "mount", "umount": "mount"}
+_SOCKET_PATH_MAX = 100  # sockaddr_un.sun_path is 108 bytes; keep a margin
+
+
+def require_binaries() -> None:
+    """Fail (never skip) naming the Debian package of a missing binary."""
+    for binary, package in BINARIES.items():
+        if shutil.which(binary) is None:
+            pytest.fail(f"{binary} not found: install the Debian package {package!r}")
+
+
+def render_config(workdir: Path, *, registry_host: str, sandbox_image: str) -> str:
+    """The containerd config (version 2) of a private instance under ``workdir``."""
+    return f"""version = 2
+root = "{workdir / "root"}"
+state = "{workdir / "state"}"
+
+[grpc]
+  address = "{workdir / "containerd.sock"}"
+
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{sandbox_image}"
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = "{workdir / "certs.d"}"
+"""
+
+
+def _write_hosts(workdir: Path, registry_host: str) -> None:
+    """``certs.d/<host>/hosts.toml``: pull and resolve from the test registry over HTTP."""
+    host_dir = workdir / "certs.d" / registry_host
+    host_dir.mkdir(parents=True, exist_ok=True)
+    (host_dir / "hosts.toml").write_text(
+        f'server = "http://{registry_host}"\n\n'
+        f'[host."http://{registry_host}"]\n  capabilities = ["pull", "resolve"]\n'
+    )
+
+
+@dataclass
+class RunningContainerd:
+    """A private containerd; ``stop()``/``start()`` take it down and bring it back."""
+
+    workdir: Path
+    root: Path
+    state: Path
+    socket: Path
+    config: Path
+    log_file: Path
+    root_size_mb: int | None = None
+    _process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def endpoint(self) -> str:
+        """The CRI endpoint, ``unix://<socket>``."""
+        return f"unix://{self.socket}"
+
+    @property
+    def running(self) -> bool:
+        """True while the daemon process is alive."""
+        return self._process is not None and self._process.poll() is None
+
+    def log_tail(self, lines: int = 30) -> str:
+        """The last lines of the daemon's log, for failure messages."""
+        with suppress(OSError):
+            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+    def start(self) -> None:
+        """Start the daemon and wait until CRI ``Version`` answers."""
+        if self.running:
+            return
+        with self.log_file.open("ab") as log:
+            self._process = subprocess.Popen(
+                ["containerd", "--config", str(self.config)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            wait_for(
+                self._ready, timeout_seconds=STARTUP_TIMEOUT_SECONDS, what=f"containerd on {self.socket}"
+            )
+        except AssertionError as err:
+            self.stop(kill=True)
+            raise AssertionError(f"{err}\ncontainerd log:\n{self.log_tail()}") from err
+
+    def stop(self, *, kill: bool = False) -> None:
+        """Stop the daemon alone (containers keep running, as with systemd's KillMode=process).
+
+        SIGTERM makes containerd remove its socket ("missing"); ``kill`` (SIGKILL) leaves a stale
+        socket file behind that refuses connections ("refused").
+        """
+        process, self._process = self._process, None
+        if process is None:
+            return
+        if process.poll() is None:
+            process.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+            try:
+                process.wait(timeout=STOP_TIMEOUT_SECONDS)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=STOP_TIMEOUT_SECONDS)
+
+    def _ready(self) -> bool:
+        if self._process is None or self._process.poll() is not None:
+            raise AssertionError(f"containerd exited with {self._process and self._process.returncode}")
+        if not self.socket.is_socket():
+            return False
+        with grpc.insecure_channel(self.endpoint) as channel:
+            cri_grpc.RuntimeServiceStub(channel).Version(cri.VersionRequest(), timeout=2)
+        return True
+
+    def teardown(self) -> None:
+        """Remove pods, stop the daemon's process group and reap what it left behind."""
+        if self.running:
+            with suppress(grpc.RpcError), CriPods(self.endpoint, log_root=self.workdir / "pods") as pods:
+                pods.remove_all()
+        process = self._process
+        if process is not None and process.poll() is None:
+            with suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
+        self.stop()
+        _kill_shims(self.socket)
+        _unmount_under(self.workdir)
+
+
+def _kill_shims(socket: Path) -> None:
+    """Kill, by pid, the runc shims serving this containerd (they outlive it by design)."""
+    marker = f"-address {socket}".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        with suppress(OSError):
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ")
+            if b"containerd-shim" in cmdline and marker in cmdline:
+                os.kill(int(entry.name), signal.SIGKILL)
+
+
+def _mounts_under(directory: Path) -> list[str]:
+    """Mount points at or below ``directory``, deepest first."""
+    prefix = str(directory)
+    points = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        point = line.split()[4].replace("\\040", " ")
+        if point == prefix or point.startswith(prefix + "/"):
+            points.append(point)
+    return sorted(points, key=len, reverse=True)
+
+
+def _unmount_under(directory: Path) -> None:
+    """Unmount everything at or below ``directory`` (container rootfs, shm, the tmpfs root)."""
+    for point in _mounts_under(directory):
+        result = subprocess.run(["umount", point], capture_output=True, text=True, check=False, timeout=30)
+        if result.returncode != 0:
+            subprocess.run(["umount", "-l", point], capture_output=True, check=False, timeout=30)
+    if left := _mounts_under(directory):
+        raise AssertionError(f"still mounted after teardown: {left}")
+
+
+def _mount_tmpfs(path: Path, size_mb: int) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size_mb}m,mode=0711", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
+    if result.returncode != 0:
+        pytest.fail(f"cannot mount a {size_mb} MiB tmpfs at {path} (needs root): {result.stderr.strip()}")
+
+
+@contextmanager
+def start_containerd(
+    workdir: Path, *, registry_host: str, sandbox_image: str, root_size_mb: int | None = None
+) -> Iterator[RunningContainerd]:
+    """Run a private containerd under ``workdir``; torn down when the block exits."""
+    require_binaries()
+    workdir = Path(workdir).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    socket = workdir / "containerd.sock"
+    if len(str(socket)) > _SOCKET_PATH_MAX:
+        pytest.fail(f"socket path too long for AF_UNIX ({len(str(socket))} bytes): {socket}")
+    daemon = RunningContainerd(
+        workdir=workdir,
+        root=workdir / "root",
+        state=workdir / "state",
+        socket=socket,
+        config=workdir / "config.toml",
+        log_file=workdir / "containerd.log",
+        root_size_mb=root_size_mb,
+    )
+    daemon.config.write_text(render_config(workdir, registry_host=registry_host, sandbox_image=sandbox_image))
+    _write_hosts(workdir, registry_host)
+    with ExitStack() as cleanup:
+        cleanup.callback(_unmount_under, workdir)
+        if root_size_mb is not None:
+            _mount_tmpfs(daemon.root, root_size_mb)
+        cleanup.callback(daemon.teardown)
+        daemon.start()
+        yield daemon
+
+
+ContainerdFactory = Callable[..., RunningContainerd]
+
+
+@pytest.fixture(scope="session")
+def containerd(
+    tmp_path_factory: pytest.TempPathFactory, registry: RunningRegistry
+) -> Iterator[RunningContainerd]:
+    """A session-wide containerd pulling from the session ``registry``."""
+    sandbox = push_sandbox_image(registry)
+    with start_containerd(
+        tmp_path_factory.mktemp("containerd"), registry_host=registry.host, sandbox_image=sandbox.tag_ref
+    ) as daemon:
+        yield daemon
+
+
+@pytest.fixture
+def containerd_factory(tmp_path: Path, registry: RunningRegistry) -> Iterator[ContainerdFactory]:
+    """Start containerds of a test's own (``root_size_mb=`` for a small full-able root)."""
+    sandbox = push_sandbox_image(registry)
+    with ExitStack() as stack:
+        count = 0
+
+        def factory(*, root_size_mb: int | None = None) -> RunningContainerd:
+            nonlocal count
+            count += 1
+            return stack.enter_context(
+                start_containerd(
+                    tmp_path / f"containerd{count}",
+                    registry_host=registry.host,
+                    sandbox_image=sandbox.tag_ref,
+                    root_size_mb=root_size_mb,
+                )
+            )
+
+        yield factory
