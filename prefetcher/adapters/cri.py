@@ -246,10 +246,10 @@ class CriImageRuntime:
     def start_pull(self, ref: str, *, credentials: Credentials | None, timeout_seconds: float) -> CriPull:
         """Begin pulling ``ref`` with its own deadline; the handle reports the outcome.
 
-        Raises ``RuntimeUnavailableError`` at once when the socket is missing; any later failure,
-        the runtime going away included, is reported by the handle.
+        Raises ``RuntimeUnavailableError`` at once when the socket is missing or refuses
+        connections; any later failure, the runtime going away included, is reported by the handle.
         """
-        self._check_socket("PullImage")
+        self._check_socket("PullImage", connect=True)
         request = api_pb2.PullImageRequest(image=api_pb2.ImageSpec(image=ref))
         if credentials is not None:
             request.auth.CopyFrom(
@@ -260,7 +260,7 @@ class CriImageRuntime:
                 )
             )
         # wait_for_ready: a channel still backing off from a runtime restart must not fail the
-        # pull at once; the socket was just checked, and the pull's deadline bounds the wait.
+        # pull at once; the socket just accepted a connection, and the pull's deadline bounds it.
         future = self._images.PullImage.future(request, timeout=timeout_seconds, wait_for_ready=True)
         return CriPull(future, endpoint=self.endpoint, ref=ref, timeout_seconds=timeout_seconds)
 
@@ -335,9 +335,9 @@ class CriImageRuntime:
         # backing off from the earlier failure: wait for it to connect, within the deadline.
         return rpc(request, timeout=self.timeout_seconds, wait_for_ready=True)
 
-    def _check_socket(self, method: str) -> None:
-        """Fail fast, naming the problem, when the socket is missing or not a socket."""
-        problem = socket_problem(self.endpoint, connect=False)
+    def _check_socket(self, method: str, *, connect: bool = False) -> None:
+        """Fail fast, naming the problem, when the socket is missing, not a socket (or refuses)."""
+        problem = socket_problem(self.endpoint, connect=connect)
         if problem:
             raise RuntimeUnavailableError(f"{problem} [{method}]")
 

@@ -186,6 +186,8 @@ def test_a_stopped_containerd_is_unavailable_until_it_is_back(containerd_factory
         with pytest.raises(RuntimeUnavailableError, match="refused the connection") as caught:
             cri.images_in_use()
         assert str(daemon.socket) in str(caught.value)
+        with pytest.raises(RuntimeUnavailableError, match="refused the connection"):
+            cri.start_pull("127.0.0.1:1/x:y", credentials=None, timeout_seconds=600)
 
         daemon.start()
         assert cri.version().runtime_name == "containerd"
