@@ -18,7 +18,11 @@
 # alone to stdout.
 set -euo pipefail
 
-readonly KUBERNETES_VERSION="v1.32.13"
+# v1.32.5 is the newest v1.32 patch whose staging modules are all on the module proxy this project
+# builds from: for v1.32.6 and later, k8s.io/endpointslice, cri-client, csi-translation-lib,
+# kube-scheduler or kube-controller-manager answer "403 This module version is not available".
+# kubelet v1.32 still supports containerd 1.6 (Debian 12).
+readonly KUBERNETES_VERSION="v1.32.5"
 # The etcd release kubernetes v1.32 pins for its client and server (go.mod, cluster/images/etcd).
 readonly ETCD_VERSION="v3.5.16"
 readonly BINARIES=(etcd kube-apiserver kubectl kubelet kube-scheduler kube-controller-manager)
