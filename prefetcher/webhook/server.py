@@ -220,7 +220,7 @@ class WebhookServer:
         services = _Services(config=config, metrics=metrics, reaper=_Reaper())
         self._server = _TLSServer(address, certs=certs, services=services)
         self._threads = [
-            threading.Thread(target=self._server.serve_forever, name="webhook", daemon=True),
+            threading.Thread(target=self._server.serve_forever, args=(0.1,), name="webhook", daemon=True),
             threading.Thread(target=services.reaper.run, args=(self._stopping,), name="reaper", daemon=True),
         ]
 
