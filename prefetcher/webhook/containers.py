@@ -19,10 +19,12 @@ LINK_ENV = "MODELCAR_MODEL_PATH"
 # different command in a new release makes wired workloads differ from new ones and, wherever a
 # controller compares specs, restarts them on upgrade (a known KServe sore point).
 # What it does: link the model directory of this container's root filesystem, reached through
-# /proc/<own pid>/root (``$$$$`` is ``$$`` after kubelet), at the path the server reads; then
-# wait on a background ``sleep`` so that SIGTERM runs the trap at once and the container exits 0
-# instead of holding the pod for the whole termination grace period (``sleep`` ignores SIGTERM as
-# PID 1, and a shell blocked on a foreground child only acts on the signal after it exits).
+# /proc/<own pid>/root (``$$$$`` is ``$$`` after kubelet), at the path the server reads; then wait
+# on a background ``sleep`` so that SIGTERM runs the trap at once and the container exits 0. As
+# PID 1 of its own namespace an untrapped SIGTERM is ignored and ``sleep infinity`` would hold the
+# pod for its whole grace period; and a trap only runs after a *foreground* child exits, hence
+# ``& wait``. (With the pod's shared process namespace the pause process is PID 1; the trap then
+# turns a death by signal, status 143, into a clean exit.)
 MODELCAR_SCRIPT = (
     'ln -sfn /proc/$$$$/root/models "$MODELCAR_MODEL_PATH" || exit 1; '
     "trap 'kill $! 2>/dev/null; exit 0' TERM INT; "

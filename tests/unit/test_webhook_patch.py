@@ -104,6 +104,19 @@ def test_commands_are_the_stable_constants() -> None:
     assert "trap" in MODELCAR_SCRIPT and "wait" in MODELCAR_SCRIPT
 
 
+def test_command_strings_never_change() -> None:
+    # Golden values: every wired pod carries them; a change would make upgraded webhooks wire pods
+    # differently from running ones. Never edit these literals.
+    assert MODELCAR_SCRIPT == (
+        'ln -sfn /proc/$$$$/root/models "$MODELCAR_MODEL_PATH" || exit 1; '
+        "trap 'kill $! 2>/dev/null; exit 0' TERM INT; sleep infinity & wait"
+    )
+    assert INIT_SCRIPT == (
+        '[ -d /models ] && [ -n "$$(ls -A /models)" ] && echo "OK: /models is present and not empty"'
+        ' || { echo "NOK: /models is missing or empty in the model image"; exit 1; }'
+    )
+
+
 @pytest.mark.parametrize(
     ("names", "wired"),
     [

@@ -1,0 +1,188 @@
+"""The injected shell commands, run for real: busybox ``sh`` in a chroot as the modelcar uid.
+
+Each command is first expanded as kubelet expands a pod spec's ``command`` (``$$`` to ``$``,
+``$(VAR)`` to its value). A chroot gives the process a root filesystem holding ``/models``, and
+``/proc/<pid>/root`` of a chrooted process is that directory, so the link the modelcar makes
+resolves from the host exactly as it does from the server container of a pod.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import stat
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from prefetcher.webhook.containers import INIT_COMMAND, LINK_ENV, MODELCAR_COMMAND, STARTUP_PROBE_COMMAND
+
+UID = 1010
+CHROOT, UNSHARE, SETPRIV = (
+    shutil.which(tool, path="/usr/sbin:/usr/bin:/sbin:/bin") for tool in ("chroot", "unshare", "setpriv")
+)
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(os.geteuid() != 0, reason="chroot and uid changes need root"),
+    pytest.mark.skipif(not Path("/usr/bin/busybox").exists(), reason="needs busybox-static"),
+    pytest.mark.skipif(None in (CHROOT, UNSHARE, SETPRIV), reason="needs chroot, unshare and setpriv"),
+]
+
+DEADLINE_SECONDS = 10.0
+KSERVE_UPSTREAM_COMMAND = ("sh", "-c", "ln -sf /proc/$$$$/root/models /mnt/models && sleep infinity")
+
+
+def kubelet_expand(text: str, env: dict[str, str]) -> str:
+    """Kubernetes' expansion of ``command``/``args``: ``$$`` escapes, ``$(VAR)`` references."""
+    pattern = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
+
+    def substitute(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        return env.get(match.group(1), match.group(0))
+
+    return pattern.sub(substitute, text)
+
+
+def poll(check: object, what: str) -> None:
+    deadline = time.monotonic() + DEADLINE_SECONDS
+    while not check():  # type: ignore[operator]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        threading.Event().wait(0.02)
+
+
+@pytest.fixture
+def image_root() -> Iterator[Path]:
+    """A model image's root filesystem: busybox, ``/models`` with a file, an 0777 ``/mnt``."""
+    with tempfile.TemporaryDirectory(dir="/tmp") as directory:
+        root = Path(directory)
+        root.chmod(0o755)  # readers run as the modelcar uid
+        (root / "bin").mkdir()
+        shutil.copy("/usr/bin/busybox", root / "bin" / "busybox")
+        for applet in ("sh", "ln", "sleep", "ls", "cat"):
+            (root / "bin" / applet).symlink_to("busybox")
+        (root / "models").mkdir()
+        (root / "models" / "config.json").write_text('{"layers": 2}\n')
+        (root / "mnt").mkdir()
+        (root / "mnt").chmod(0o777)  # as kubelet creates an emptyDir
+        (root / "dev").mkdir()
+        # A runtime always provides /dev/null; the shell opens it for a background job's stdin.
+        os.mknod(root / "dev" / "null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        (root / "dev" / "null").chmod(0o666)
+        yield root
+
+
+def run_in_image(root: Path, command: tuple[str, ...], *, uid: int = UID) -> subprocess.Popen[bytes]:
+    env = {"PATH": "/bin", LINK_ENV: "/mnt/models"}
+    argv = [kubelet_expand(part, env) for part in command]
+    return subprocess.Popen(
+        [str(CHROOT), f"--userspec={uid}:{uid}", str(root), *argv],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def probe_as(uid: int, link: Path) -> int:
+    """The native sidecar's startup probe, run by ``uid`` against the link seen from outside."""
+    argv = [str(SETPRIV), f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *STARTUP_PROBE_COMMAND]
+    return subprocess.run(argv, env={"PATH": "/usr/bin:/bin", LINK_ENV: str(link)}, check=False).returncode
+
+
+def children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(child) for child in path.read_text().split()] if path.exists() else []
+
+
+def test_modelcar_links_the_model_and_exits_at_once_on_sigterm(image_root: Path) -> None:
+    link = image_root / "mnt" / "models"
+    process = run_in_image(image_root, MODELCAR_COMMAND)
+    try:
+        poll(link.is_symlink, "the modelcar's link")
+        assert os.readlink(link) == f"/proc/{process.pid}/root/models"
+        poll(lambda: probe_as(UID, link) == 0, "the startup probe to pass")
+        assert (link / "config.json").read_text() == '{"layers": 2}\n'
+        # Only the modelcar's uid may follow /proc/<pid>/root: why the server must share it.
+        assert probe_as(UID + 1, link) != 0
+        (sleeper,) = children(process.pid)
+        started = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=DEADLINE_SECONDS) == 0
+        assert time.monotonic() - started < 2
+        poll(lambda: not Path(f"/proc/{sleeper}").exists(), "the background sleep to end")
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        assert process.stdout is not None
+        process.stdout.close()
+
+
+def test_the_startup_probe_fails_until_the_link_exists(image_root: Path) -> None:
+    assert probe_as(UID, image_root / "mnt" / "models") != 0
+
+
+def _pid1(root: Path, command: tuple[str, ...]) -> tuple[subprocess.Popen[bytes], int]:
+    """Run ``command`` as PID 1 of a new PID namespace (a container not sharing its pod's)."""
+    env = {"PATH": "/bin", LINK_ENV: "/mnt/models"}
+    argv = [kubelet_expand(part, env) for part in command]
+    unshare = subprocess.Popen(
+        [str(UNSHARE), "--pid", "--fork", str(CHROOT), f"--userspec={UID}:{UID}", str(root), *argv],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    poll(lambda: children(unshare.pid), "the namespaced shell")
+    (shell,) = children(unshare.pid)
+    # Signal only once `sleep` runs (as the shell's child, or in its place when the shell execs
+    # its last command): by then our command has set its trap.
+    poll(lambda: children(shell) or Path(f"/proc/{shell}/comm").read_text() == "sleep\n", "sleep")
+    return unshare, shell
+
+
+@pytest.mark.parametrize(
+    ("command", "exits"),
+    [(MODELCAR_COMMAND, True), (KSERVE_UPSTREAM_COMMAND, False)],
+    ids=["ours", "upstream"],
+)
+def test_sigterm_as_pid_1(image_root: Path, command: tuple[str, ...], exits: bool) -> None:
+    unshare, shell = _pid1(image_root, command)
+    try:
+        os.kill(shell, signal.SIGTERM)
+        if exits:
+            assert unshare.wait(timeout=DEADLINE_SECONDS) == 0
+        else:  # PID 1 without a handler ignores SIGTERM: kubelet waits out the grace period
+            with pytest.raises(subprocess.TimeoutExpired):
+                unshare.wait(timeout=1)
+    finally:
+        if unshare.poll() is None:
+            os.kill(shell, signal.SIGKILL)  # delivered even to a namespace's PID 1
+            unshare.wait(timeout=DEADLINE_SECONDS)
+
+
+@pytest.mark.parametrize(
+    ("models", "code", "says"),
+    [("full", 0, b"OK: /models is present"), ("empty", 1, b"NOK"), ("missing", 1, b"NOK")],
+)
+def test_init_container_checks_the_model_directory(
+    image_root: Path, models: str, code: int, says: bytes
+) -> None:
+    if models != "full":
+        shutil.rmtree(image_root / "models")
+    if models == "empty":
+        (image_root / "models").mkdir()
+    process = run_in_image(image_root, INIT_COMMAND)
+    output, _ = process.communicate(timeout=DEADLINE_SECONDS)
+    assert process.returncode == code and output.startswith(says), output
+
+
+def test_kubelet_expansion_helper() -> None:
+    assert kubelet_expand("a $$$$ $$(x) $(A) $(B) $HOME $!", {"A": "1"}) == "a $$ $(x) 1 $(B) $HOME $!"
