@@ -21,7 +21,7 @@ from prefetcher import __version__
 from prefetcher.adapters.cri import CriImageRuntime, detect_endpoint
 from prefetcher.adapters.disk import StatvfsDisk
 from prefetcher.adapters.files import FileModelSource, StateFile, WatchedFile
-from prefetcher.adapters.registry import HttpRegistry
+from prefetcher.adapters.registry import HttpRegistry, read_docker_config
 from prefetcher.agent.health import HealthServer, parse_address
 from prefetcher.agent.reconciler import Reconciler
 from prefetcher.agent.runtime_support import LogEvents, SystemClock, configure_logging
@@ -81,8 +81,8 @@ def _wire(
     endpoint = cfg.cri_endpoint or detect_endpoint()
     registry = HttpRegistry(
         insecure=frozenset(cfg.registries.insecure),
-        auth_file=Path(cfg.registries.auth_file) if cfg.registries.auth_file else None,
-        ca_file=Path(cfg.registries.ca_file) if cfg.registries.ca_file else None,
+        credentials=read_docker_config(cfg.registries.auth_file) if cfg.registries.auth_file else None,
+        ca_file=cfg.registries.ca_file or None,
         timeout_seconds=cfg.registries.timeout_seconds,
         platform=cfg.registries.platform or _node_platform(),
     )

@@ -61,11 +61,12 @@ class PullTracker:
         """Begin a pull; raises RuntimeUnavailableError when the runtime cannot be reached."""
         ref = pull.model.ref.canonical()
         credentials = self._registry.credentials_for(pull.model.ref.registry)
+        # Measure before starting: a small pull may be done before start_pull returns.
+        used = self._disk.usage().used_bytes
         handle = self._runtime.start_pull(
             ref, credentials=credentials, timeout_seconds=cfg.pull.timeout_seconds
         )
         now = self._clock.monotonic()
-        used = self._disk.usage().used_bytes
         self._last_used = max(self._last_used, used)
         for other in self._active.values():
             other.alone = False

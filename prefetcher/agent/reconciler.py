@@ -79,14 +79,12 @@ class Reconciler:
         failed: dict[str, str] = {}
         while not stop.is_set():
             self._pass_safely(failed if once else None)
-            if (
-                once
-                and not self._pulls.active
-                and not self.report.plan.pulls
-                and not self.report.plan.evictions
-            ):
+            if not once:
+                self._wait(stop, self._config().resync_seconds, None)
+            elif self._pulls.active:
+                self._wait(stop, self._config().pull.timeout_seconds, failed)
+            elif not self.report.plan.pulls and not self.report.plan.evictions:
                 return 1 if failed else 0
-            self._wait(stop, self._config().resync_seconds, failed if once else None)
         return 0
 
     def dry_run(self) -> Plan:

@@ -1,0 +1,39 @@
+# Two commands set everything up on a fresh Debian 12 machine: `make demo` and `make test`.
+PY ?= .venv/bin/python
+APT_PACKAGES := containerd runc docker-registry busybox-static
+
+.PHONY: deps venv k8s-assets proto lint test test-unit demo bench clean
+
+deps: venv ## system packages (root) and the Python environment
+	@command -v containerd >/dev/null && command -v docker-registry >/dev/null && command -v runc >/dev/null \
+	  && test -x /usr/bin/busybox || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES); }
+
+venv: .venv/.installed
+.venv/.installed: pyproject.toml
+	python3 -m venv .venv
+	.venv/bin/pip install -q -U pip
+	.venv/bin/pip install -q -e '.[dev]'
+	touch $@
+
+k8s-assets: ## kube-apiserver, etcd, kubectl … for the integration tests (cached after the first build)
+	bash hack/k8s-assets.sh
+
+proto: venv ## regenerate the CRI stubs from proto/
+	bash hack/gen-proto.sh
+
+lint: venv
+	.venv/bin/ruff check prefetcher tests bench
+	.venv/bin/mypy
+
+test: deps k8s-assets lint ## the whole suite: lint, types, unit, integration against real components
+	KUBEBUILDER_ASSETS=$$(bash hack/k8s-assets.sh --print-dir) .venv/bin/pytest -p no:cacheprovider tests
+
+test-unit: venv
+	.venv/bin/pytest -q tests/unit
+
+demo: deps ## the agent on an embedded default: private registry + containerd, a sample modelcar, plan and result
+	$(PY) hack/demo.py
+
+bench: deps
+	$(PY) bench/planner_bench.py
+	$(PY) bench/idle_rss.py

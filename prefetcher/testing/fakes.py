@@ -1,0 +1,182 @@
+"""Fakes of the ports: small, honest in-memory stand-ins used only by unit tests of pure logic."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+from prefetcher.core.model import CachedImage, DiskState, ModelRequest
+from prefetcher.core.refs import ImageRef
+from prefetcher.errors import PullFailedError, RegistryError, RuntimeUnavailableError
+from prefetcher.ports import Credentials, ResolvedImage
+
+
+@dataclass
+class FakeClock:
+    """A clock that moves only when told."""
+
+    wall: float = 1_000_000.0
+    mono: float = 0.0
+
+    def now(self) -> float:
+        """Wall time."""
+        return self.wall
+
+    def monotonic(self) -> float:
+        """Monotonic time."""
+        return self.mono
+
+    def advance(self, seconds: float) -> None:
+        """Move both clocks forward."""
+        self.wall += seconds
+        self.mono += seconds
+
+
+@dataclass
+class FakeDisk:
+    """A filesystem whose usage the fake runtime changes as it pulls and removes."""
+
+    total_bytes: int
+    used_bytes: int = 0
+
+    def usage(self) -> DiskState:
+        """Current usage."""
+        return DiskState(self.total_bytes, self.used_bytes)
+
+
+@dataclass
+class FakePull:
+    """A pull that finishes when the runtime says so."""
+
+    ref: str
+    outcome: str | Exception | None = None
+    cancelled: bool = False
+
+    def done(self) -> bool:
+        """Finished, failed or cancelled."""
+        return self.outcome is not None or self.cancelled
+
+    def result(self, timeout_seconds: float | None = None) -> str:
+        """The image id, or the failure."""
+        if self.cancelled:
+            raise PullFailedError(f"pull of {self.ref} cancelled", reason="cancelled")
+        if isinstance(self.outcome, Exception):
+            raise self.outcome
+        assert self.outcome is not None, "result() before done()"
+        return self.outcome
+
+    def cancel(self) -> None:
+        """Abort."""
+        self.cancelled = True
+
+
+def image_id(ref: str) -> str:
+    """The fake runtime's image id for a reference."""
+    return "sha256:" + hashlib.sha256(ref.encode()).hexdigest()
+
+
+@dataclass
+class FakeRuntime:
+    """An image store: pulls finish at once unless ``held``; each costs ``sizes[ref]`` disk bytes."""
+
+    disk: FakeDisk
+    sizes: dict[str, int] = field(default_factory=dict)
+    images: dict[str, CachedImage] = field(default_factory=dict)
+    in_use: set[str] = field(default_factory=set)
+    failures: dict[str, Exception] = field(default_factory=dict)
+    held: set[str] = field(default_factory=set)
+    down: bool = False
+    pulls: list[FakePull] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+
+    def _check(self) -> None:
+        if self.down:
+            raise RuntimeUnavailableError("fake runtime is down")
+
+    def list_images(self) -> list[CachedImage]:
+        """Images held."""
+        self._check()
+        return list(self.images.values())
+
+    def image_status(self, ref: str) -> CachedImage | None:
+        """The image known by ``ref``."""
+        return next((i for i in self.images.values() if ref in i.refs), None)
+
+    def start_pull(self, ref: str, *, credentials: Credentials | None, timeout_seconds: float) -> FakePull:
+        """Pull, finishing at once unless held."""
+        self._check()
+        pull = FakePull(ref)
+        self.pulls.append(pull)
+        if ref not in self.held:
+            self.finish(pull)
+        return pull
+
+    def finish(self, pull: FakePull) -> None:
+        """Complete ``pull`` (or fail it as configured)."""
+        if pull.ref in self.failures:
+            pull.outcome = self.failures[pull.ref]
+            return
+        new_id = image_id(pull.ref)
+        self.images[new_id] = CachedImage(new_id, (pull.ref,), (), self.sizes[pull.ref])
+        self.disk.used_bytes += self.sizes[pull.ref]
+        pull.outcome = new_id
+
+    def remove_image(self, image_id: str) -> None:
+        """Remove and free its bytes."""
+        image = self.images.pop(image_id)
+        self.disk.used_bytes -= self.sizes.get(next(iter(image.repo_digests), ""), 0)
+        self.removed.append(image_id)
+
+    def images_in_use(self) -> frozenset[str]:
+        """Ids of images used by containers."""
+        self._check()
+        return frozenset(self.in_use)
+
+
+@dataclass
+class FakeRegistry:
+    """Resolves references from a table; ``errors`` maps a reference to the error to raise."""
+
+    table: dict[str, ResolvedImage] = field(default_factory=dict)
+    errors: dict[str, RegistryError] = field(default_factory=dict)
+    lookups: list[str] = field(default_factory=list)
+
+    def resolve(self, ref: ImageRef) -> ResolvedImage:
+        """Look the reference up."""
+        key = ref.canonical()
+        self.lookups.append(key)
+        if key in self.errors:
+            raise self.errors[key]
+        if key not in self.table:
+            raise RegistryError(f"{key}: manifest unknown", status=404)
+        return self.table[key]
+
+    def credentials_for(self, registry: str) -> Credentials | None:
+        """No credentials."""
+        return None
+
+
+@dataclass
+class FakeEvents:
+    """Collects events."""
+
+    events: list[tuple[tuple[str, ...], bool, str, str]] = field(default_factory=list)
+
+    def emit(self, sources: tuple[str, ...], *, warning: bool, reason: str, message: str) -> None:
+        """Record the event."""
+        self.events.append((sources, warning, reason, message))
+
+    def reasons(self) -> list[str]:
+        """Reasons in order."""
+        return [e[2] for e in self.events]
+
+
+@dataclass
+class FakeSource:
+    """A model source whose requests a test sets."""
+
+    models: list[ModelRequest] = field(default_factory=list)
+
+    def requests(self) -> list[ModelRequest]:
+        """The requests now."""
+        return list(self.models)

@@ -1,0 +1,175 @@
+"""The reconcile loop's decisions, against in-memory fakes of the runtime, registry and disk."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from prefetcher.agent.executor import PullTracker
+from prefetcher.agent.reconciler import Reconciler
+from prefetcher.config import Config, load_config
+from prefetcher.core.model import DesiredModel, ModelRequest, Pull
+from prefetcher.core.refs import parse_reference
+from prefetcher.core.state import AgentState
+from prefetcher.errors import PullFailedError, RegistryError
+from prefetcher.metrics import Metrics
+from prefetcher.ports import ResolvedImage
+from prefetcher.testing.fakes import (
+    FakeClock,
+    FakeDisk,
+    FakeEvents,
+    FakeRegistry,
+    FakeRuntime,
+    FakeSource,
+    image_id,
+)
+from tests.unit.planner_inputs import digest
+
+MIB = 1024**2
+HOST = "registry.test:5000"
+
+
+def ref(name: str) -> str:
+    return f"{HOST}/models/{name}@{digest(name)}"
+
+
+class World:
+    """A node: disk, runtime, registry, one model source and the saved state."""
+
+    def __init__(self, sizes: dict[str, int], *, total: int = 1000 * MIB, config: str = "") -> None:
+        self.disk = FakeDisk(total_bytes=total)
+        self.runtime = FakeRuntime(self.disk, sizes={ref(n): 2 * s for n, s in sizes.items()})
+        self.registry = FakeRegistry(
+            {ref(n): ResolvedImage(parse_reference(ref(n)), s) for n, s in sizes.items()}
+        )
+        self.source = FakeSource()
+        self.events = FakeEvents()
+        self.clock = FakeClock()
+        self.saved: list[AgentState] = []
+        self.config: Config = load_config(config or "eviction: {graceSeconds: 0}")
+
+    def want(self, *names: str, priority: int = 0) -> None:
+        self.source.models = [ModelRequest(f"oci://{ref(n)}", priority, f"test {n}") for n in names]
+
+    def agent(self, state: AgentState | None = None) -> Reconciler:
+        return Reconciler(
+            runtime=self.runtime,
+            registry=self.registry,
+            source=self.source,
+            disk=self.disk,
+            events=self.events,
+            metrics=Metrics(CollectorRegistry()),
+            clock=self.clock,
+            config=lambda: self.config,
+            state=state or AgentState(),
+            save_state=self.saved.append,
+            draw=lambda: 0.5,
+        )
+
+
+def test_once_pulls_what_fits_and_states_why_the_rest_is_skipped() -> None:
+    world = World({"a": 300 * MIB, "b": 300 * MIB})  # each costs 600 MiB; budget is 800 MiB
+    world.source.models = [
+        ModelRequest(f"oci://{ref('a')}", 5, "test a"),
+        ModelRequest(f"oci://{ref('b')}", 1, "test b"),
+    ]
+    agent = world.agent()
+    assert agent.run(threading.Event(), once=True) == 0
+    assert [p.ref for p in world.runtime.pulls] == [ref("a")]
+    (skip,) = agent.report.plan.skips
+    assert skip.ref == ref("b") and skip.reason.value == "budget" and skip.sources == ("test b",)
+    assert world.saved[-1].managed[ref("a")].cost_bytes == 600 * MIB
+    assert "PrefetchSkipped" in world.events.reasons() and "Prefetched" in world.events.reasons()
+
+
+def test_registry_errors_fail_one_model_while_the_others_are_pulled() -> None:
+    world = World({"good": 10 * MIB, "locked": 10 * MIB})
+    world.registry.errors[ref("locked")] = RegistryError("401 unauthorized", status=401)
+    world.want("good", "locked", "missing")
+    agent = world.agent()
+    assert agent.run(threading.Event(), once=True) == 1
+    assert [p.ref for p in world.runtime.pulls] == [ref("good")]
+    assert set(agent.report.failed) == {ref("locked"), ref("missing")}
+    backoff = world.saved[-1].backoff
+    assert backoff[ref("locked")].failures == 1 and "401" in backoff[ref("locked")].last_error
+
+
+def test_malformed_uri_is_skipped_with_reason_and_the_rest_proceed() -> None:
+    world = World({"a": 10 * MIB})
+    world.source.models = [
+        ModelRequest("oci://Bad/Name", 0, "test bad"),
+        ModelRequest(f"oci://{ref('a')}", 0, "a"),
+    ]
+    agent = world.agent()
+    assert agent.run(threading.Event(), once=True) == 0
+    assert agent.report.plan.skips[0].reason.value == "invalid_reference"
+    assert [p.ref for p in world.runtime.pulls] == [ref("a")]
+
+
+def test_failed_pull_backs_off_and_is_not_retried_within_the_run() -> None:
+    world = World({"a": 10 * MIB})
+    world.runtime.failures[ref("a")] = PullFailedError("not found", reason="not_found")
+    world.want("a")
+    assert world.agent().run(threading.Event(), once=True) == 1
+    assert len(world.runtime.pulls) == 1
+    entry = world.saved[-1].backoff[ref("a")]
+    assert entry.until == pytest.approx(world.clock.now() + 30, rel=0.25)
+
+
+def test_restart_resumes_from_state_without_pulling_again_and_evicts_what_is_unwanted() -> None:
+    world = World({"a": 10 * MIB, "b": 10 * MIB})
+    world.want("a", "b")
+    assert world.agent().run(threading.Event(), once=True) == 0
+    state = world.saved[-1]
+    world.want("a")
+    world.runtime.in_use.clear()
+    restarted = world.agent(state=AgentState(dict(state.managed), dict(state.backoff)))
+    assert restarted.run(threading.Event(), once=True) == 0
+    assert len(world.runtime.pulls) == 2  # no pull after the restart
+    assert world.runtime.removed == [image_id(ref("b"))]
+    assert ref("b") not in world.saved[-1].managed
+
+
+def test_images_in_use_or_not_pulled_by_the_agent_are_never_evicted() -> None:
+    world = World({"a": 10 * MIB, "b": 10 * MIB})
+    world.want("a", "b")
+    agent = world.agent()
+    agent.run(threading.Event(), once=True)
+    world.runtime.in_use.add(image_id(ref("a")))
+    world.runtime.sizes["foreign"] = 5
+    world.runtime.images["sha256:foreign"] = replace(
+        world.runtime.images[image_id(ref("b"))], id="sha256:foreign", repo_digests=("foreign",)
+    )
+    world.want()
+    agent.run(threading.Event(), once=True)
+    assert world.runtime.removed == [image_id(ref("b"))]
+    assert image_id(ref("a")) in world.runtime.images and "sha256:foreign" in world.runtime.images
+
+
+def test_stalled_pull_is_cancelled_after_stall_seconds_without_growth() -> None:
+    world = World({"a": 10 * MIB})
+    world.runtime.held.add(ref("a"))
+    tracker = PullTracker(runtime=world.runtime, disk=world.disk, clock=world.clock, registry=world.registry)
+    model = world.registry.table[ref("a")]
+    tracker.start(Pull(DesiredModel(model.ref, 0, model.size_bytes, ("t",)), 20 * MIB), world.config)
+    world.clock.advance(100)
+    world.disk.used_bytes += MIB  # progress resets the stall timer
+    assert tracker.poll(stall_seconds=120) == []
+    world.clock.advance(121)
+    (outcome,) = tracker.poll(stall_seconds=120)
+    assert outcome.reason == "stalled" and world.runtime.pulls[0].cancelled
+
+
+def test_runtime_down_fails_the_pass_loudly_and_the_next_pass_recovers() -> None:
+    world = World({"a": 10 * MIB})
+    world.want("a")
+    agent = world.agent()
+    world.runtime.down = True
+    agent._pass_safely(None)
+    assert not agent.healthy and world.runtime.pulls == []
+    world.runtime.down = False
+    agent._pass_safely(None)
+    assert agent.healthy and [p.ref for p in world.runtime.pulls] == [ref("a")]
