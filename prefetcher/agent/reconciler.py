@@ -78,7 +78,10 @@ class Reconciler:
         """Reconcile until ``stop`` is set; with ``once``, until nothing is left to do (exit code)."""
         failed: dict[str, str] = {}
         while not stop.is_set():
-            self._pass_safely(failed if once else None)
+            error = self._pass_safely(failed if once else None)
+            if once and error is not None:
+                self.report = PassReport(self.report.plan, {**failed, "runtime": error})
+                return 1
             if not once:
                 self._wait(stop, self._config().resync_seconds, None)
             elif self._pulls.active:
@@ -136,17 +139,20 @@ class Reconciler:
         )
         return replace(plan, skips=resolution.skips + plan.skips), resolution, cached_refs, disk.usage_ratio
 
-    def _pass_safely(self, failed: dict[str, str] | None) -> None:
+    def _pass_safely(self, failed: dict[str, str] | None) -> str | None:
+        """Run a pass; on a PrefetchError log it once and return its message (the loop carries on)."""
         try:
             self.reconcile(failed)
-            self.passes += 1
-            self.healthy = True
-            self._metrics.last_reconcile.set(self._clock.now())
         except PrefetchError as err:
             # The top of the loop is the one place that catches broadly: log once, carry on.
             self.healthy = False
             self._metrics.reconcile_errors.labels(type(err).__name__).inc()
             log.error("reconcile pass failed: %s", err)
+            return str(err)
+        self.passes += 1
+        self.healthy = True
+        self._metrics.last_reconcile.set(self._clock.now())
+        return None
 
     def _wait(self, stop: threading.Event, seconds: float, failed: dict[str, str] | None) -> None:
         """Watch pulls until one finishes (then re-plan at once) or ``seconds`` pass."""
