@@ -17,9 +17,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.support.containerd import start_containerd  # noqa: E402 - after the path set-up
-from tests.support.oci import push_modelcar, push_sandbox_image  # noqa: E402
-from tests.support.registry import start_registry  # noqa: E402
+from tests.support.containerd import start_containerd
+from tests.support.oci import push_modelcar, push_sandbox_image
+from tests.support.registry import start_registry
 
 MIB = 1024**2
 
