@@ -1,0 +1,335 @@
+"""AdmissionReview latency of the webhook over TLS with keep-alive, against a minimal TLS server.
+
+Open loop: requests are scheduled at a fixed rate (default 200/s for 30 s) whatever the answers,
+and each latency is measured from its *scheduled* send time, so a stall shows up in the tail
+instead of slowing the load (no coordinated omission). A pool of client threads, each with one
+kept-alive HTTPS connection opened before the schedule starts, carries the requests. Each server
+runs in its own process, the client in this one; both servers are loaded in alternating 5 s
+slices so that both see the same background noise. The baseline is the same stdlib HTTP/1.1 +
+TLS stack answering a fixed AdmissionReview with no parsing, measured in the same run, so the
+ratio isolates the webhook's own cost (JSON, patch building, metrics) from the machine and from
+Python's HTTP stack.
+
+    .venv/bin/python bench/webhook_latency.py [--rate 200] [--seconds 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import http.client
+import ipaddress
+import json
+import logging
+import queue
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from cryptography import x509  # noqa: E402
+from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
+from cryptography.x509.oid import NameOID  # noqa: E402
+from prometheus_client import CollectorRegistry  # noqa: E402
+
+from prefetcher.webhook.config import WebhookConfig  # noqa: E402
+from prefetcher.webhook.handler import handle_review  # noqa: E402
+from prefetcher.webhook.metrics import WebhookMetrics  # noqa: E402
+from prefetcher.webhook.server import WebhookServer  # noqa: E402
+from prefetcher.webhook.tls import CertificateStore  # noqa: E402
+
+KSERVE = "internal.serving.kserve.io/storage-initializer-sourceuri"
+MAX_SECONDS = 120
+MAX_RATE = 2000
+CLIENTS = 8
+WARMUP_SECONDS = 2.0
+SLICE_SECONDS = 5.0
+
+
+def review(uid: str) -> bytes:
+    """A KServe predictor pod CREATE that the webhook wires (the common, most expensive case)."""
+    pod = {
+        "metadata": {
+            "generateName": "llama-predictor-",
+            "labels": {"serving.kserve.io/inferenceservice": "llama"},
+            "annotations": {KSERVE: "oci://quay.io/acme/llama@sha256:" + "4" * 64},
+        },
+        "spec": {
+            "containers": [
+                {
+                    "name": "kserve-container",
+                    "image": "vllm/vllm-openai:v0.6.0",
+                    "args": ["--model", "/mnt/models", "--port", "8080"],
+                    "env": [{"name": "PORT", "value": "8080"}],
+                    "resources": {"limits": {"nvidia.com/gpu": "1"}},
+                },
+                {"name": "queue-proxy", "image": "knative/queue:1", "ports": [{"containerPort": 8012}]},
+            ],
+            "serviceAccountName": "default",
+        },
+    }
+    document = {
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": uid,
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "operation": "CREATE",
+            "namespace": "models",
+            "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
+            "object": pod,
+        },
+    }
+    return json.dumps(document).encode()
+
+
+def make_certificate(directory: Path) -> tuple[Path, Path, Path]:
+    """A CA and a serving certificate for 127.0.0.1: (ca, cert, key) paths."""
+    now = datetime.datetime.now(datetime.UTC)
+
+    def build(
+        subject: str, issuer: x509.Name, public_key: ec.EllipticCurvePublicKey
+    ) -> x509.CertificateBuilder:
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
+        return (
+            x509.CertificateBuilder()
+            .subject_name(name)
+            .issuer_name(issuer if issuer is not None else name)
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+        )
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench-ca")])
+    ca = (
+        build("bench-ca", ca_name, ca_key.public_key())
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    san = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+    cert = (
+        build("127.0.0.1", ca.subject, key.public_key())
+        .add_extension(san, critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = directory / "ca.crt", directory / "tls.crt", directory / "tls.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return paths
+
+
+# --- servers, each run in a child process: `--serve webhook|baseline` -----------------------------
+
+
+def serve_webhook(cert: Path, key: Path) -> None:
+    """The real webhook server with its default config."""
+    store = CertificateStore(cert, key, on_reload=lambda _outcome: None)
+    server = WebhookServer(
+        config=WebhookConfig(),
+        certs=store,
+        metrics=WebhookMetrics(CollectorRegistry()),
+        address=("127.0.0.1", 0),
+    )
+    server.start()
+    print(server.port, flush=True)
+    sys.stdin.read()  # serve until the parent closes our stdin
+    server.stop()
+
+
+def serve_baseline(cert: Path, key: Path) -> None:
+    """Stdlib HTTP/1.1 over TLS answering every POST with one fixed AdmissionReview, same size."""
+    answer, _ = handle_review(review("fixed"), config=WebhookConfig())
+    body = json.dumps(answer, separators=(",", ":")).encode()
+    fixed = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+    )
+
+    class Fixed(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.wfile.write(fixed)  # one write: headers and body in one TLS record
+
+        def log_message(self, format: str, *args: object) -> None:
+            return
+
+    class Server(ThreadingHTTPServer):
+        daemon_threads = True
+
+        def get_request(self) -> tuple[socket.socket, object]:
+            sock, address = self.socket.accept()
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            return context.wrap_socket(sock, server_side=True), address
+
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(cert), str(key))
+    server = Server(("127.0.0.1", 0), Fixed)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    print(server.server_address[1], flush=True)
+    sys.stdin.read()
+    server.shutdown()
+
+
+# --- the open-loop client ---------------------------------------------------------------------
+
+
+def run_load(port: int, ca: Path, *, rate: float, seconds: float) -> tuple[list[float], int]:
+    """Latencies in seconds (from scheduled time) of ``rate*seconds`` requests, and the errors."""
+    jobs: queue.Queue[tuple[float, bytes] | None] = queue.Queue()
+    latencies: list[float] = []
+    errors: list[str] = []
+    context = ssl.create_default_context(cafile=str(ca))
+
+    ready = threading.Barrier(CLIENTS + 1)
+
+    def worker() -> None:
+        conn = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=10)
+        conn.connect()  # the TLS handshake happens before the schedule starts
+        ready.wait()
+        while (job := jobs.get()) is not None:
+            scheduled, body = job
+            try:
+                conn.request("POST", "/mutate", body=body, headers={"Content-Type": "application/json"})
+                response = conn.getresponse()
+                response.read()
+                if response.status != 200:
+                    errors.append(str(response.status))
+            except (OSError, http.client.HTTPException) as error:
+                errors.append(repr(error))
+                conn.close()
+            latencies.append(time.perf_counter() - scheduled)
+        conn.close()
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(CLIENTS)]
+    for thread in threads:
+        thread.start()
+    ready.wait(timeout=30)
+    bodies = [review(f"bench-{i}") for i in range(64)]
+    pace = threading.Event()  # never set: its wait() paces the schedule
+    start = time.perf_counter() + 0.05
+    for index in range(int(rate * seconds)):
+        at = start + index / rate
+        delay = at - time.perf_counter()
+        if delay > 0:
+            pace.wait(delay)
+        jobs.put((at, bodies[index % len(bodies)]))
+    for _ in threads:
+        jobs.put(None)
+    for thread in threads:
+        thread.join(timeout=30)
+    return latencies, len(errors)
+
+
+def percentile(values: list[float], fraction: float) -> float:
+    """Nearest-rank percentile."""
+    ordered = sorted(values)
+    return ordered[max(0, min(len(ordered) - 1, int(fraction * len(ordered) + 0.999999) - 1))]
+
+
+@contextlib.contextmanager
+def running(kind: str, cert: Path, key: Path) -> Iterator[int]:
+    """A server child process; yields its port."""
+    child = subprocess.Popen(
+        [sys.executable, __file__, "--serve", kind, "--cert", str(cert), "--key", str(key)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdin is not None and child.stdout is not None
+    try:
+        yield int(child.stdout.readline())
+    finally:
+        child.stdin.close()
+        child.wait(timeout=30)
+        child.stdout.close()
+
+
+def measure(files: tuple[Path, Path, Path], *, rate: float, seconds: float) -> dict[str, dict[str, float]]:
+    """Both servers up at once, loaded in alternating slices so that both see the same noise."""
+    ca, cert, key = files
+    slices = max(1, round(seconds / SLICE_SECONDS))
+    samples: dict[str, list[float]] = {"baseline": [], "webhook": []}
+    errors = dict.fromkeys(samples, 0)
+    with running("baseline", cert, key) as baseline, running("webhook", cert, key) as webhook:
+        ports = {"baseline": baseline, "webhook": webhook}
+        for port in ports.values():
+            run_load(port, ca, rate=rate, seconds=WARMUP_SECONDS)
+        for index in range(slices):
+            order = list(ports) if index % 2 == 0 else list(reversed(ports))
+            for kind in order:
+                latencies, failed = run_load(ports[kind], ca, rate=rate, seconds=seconds / slices)
+                samples[kind] += latencies
+                errors[kind] += failed
+    return {
+        kind: {
+            "requests": len(values),
+            "errors": errors[kind],
+            "p50_ms": percentile(values, 0.50) * 1000,
+            "p99_ms": percentile(values, 0.99) * 1000,
+            "max_ms": max(values) * 1000,
+        }
+        for kind, values in samples.items()
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rate", type=float, default=200.0, help="requests per second (open loop)")
+    parser.add_argument("--seconds", type=float, default=30.0, help="measured duration per server")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--serve", choices=("webhook", "baseline"), help=argparse.SUPPRESS)
+    parser.add_argument("--cert", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--key", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        logging.basicConfig(level=logging.WARNING)
+        (serve_webhook if args.serve == "webhook" else serve_baseline)(args.cert, args.key)
+        return 0
+    if not (0 < args.rate <= MAX_RATE and 0 < args.seconds <= MAX_SECONDS):
+        parser.error(f"--rate must be in (0, {MAX_RATE}] and --seconds in (0, {MAX_SECONDS}]")
+    with tempfile.TemporaryDirectory() as directory:
+        files = make_certificate(Path(directory))
+        results = measure(files, rate=args.rate, seconds=args.seconds)
+    ratio = results["webhook"]["p99_ms"] / results["baseline"]["p99_ms"]
+    if args.json:
+        print(
+            json.dumps({"rate": args.rate, "seconds": args.seconds, "p99_ratio": ratio, **results}, indent=2)
+        )
+        return 0
+    print(f"open loop {args.rate:g} req/s for {args.seconds:g} s per server over TLS keep-alive,", end=" ")
+    print(f"{CLIENTS} client connections; latency from each request's scheduled send time")
+    print(f"{'server':<10}{'requests':>10}{'errors':>8}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}")
+    for kind, row in results.items():
+        print(
+            f"{kind:<10}{row['requests']:>10.0f}{row['errors']:>8.0f}"
+            f"{row['p50_ms']:>9.2f}{row['p99_ms']:>9.2f}{row['max_ms']:>9.2f}"
+        )
+    p99 = results["webhook"]["p99_ms"]
+    print(f"webhook p99 {p99:.2f} ms (target <= 10 ms: {'met' if p99 <= 10 else 'MISSED'})")
+    print(f"p99 ratio webhook/baseline {ratio:.2f} (target <= 2: {'met' if ratio <= 2 else 'MISSED'})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
