@@ -171,6 +171,8 @@ def load_models(text: str) -> tuple[ModelRequest, ...]:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise ConfigError(f"models file is not valid YAML: {err}") from err
+    if data is None:
+        return ()
     if not isinstance(data, Mapping) or not isinstance(data.get("models", []), list):
         raise ConfigError("models file: expected a mapping with a list under `models`")
     requests = []

@@ -1,0 +1,97 @@
+"""Config and models-file parsing, and hot reload that keeps the last good version."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from prefetcher.adapters.files import StateFile, WatchedFile
+from prefetcher.config import Config, load_config, load_models
+from prefetcher.core.model import ManagedImage, ModelRequest
+from prefetcher.core.state import AgentState, BackoffEntry
+from prefetcher.errors import ConfigError
+
+
+def test_empty_document_gives_the_defaults() -> None:
+    cfg = load_config("")
+    assert cfg == Config()
+    assert cfg.budget.max_usage_percent < 85  # below kubelet's default image GC high threshold
+
+
+def test_keys_are_camel_case_and_nested() -> None:
+    cfg = load_config("pull: {concurrency: 4, tagPolicy: reject}\nregistries: {insecure: ['h:5000']}")
+    assert cfg.pull.concurrency == 4 and cfg.pull.tag_policy == "reject"
+    assert cfg.registries.insecure == ("h:5000",)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("pull: {concurrency: 0}", "pull.concurrency: must be between 1 and 64, got 0"),
+        ("pull: {concurrency: 1.5}", "pull.concurrency: expected an integer, got 1.5"),
+        ("budget: {maxUsagePercent: 120}", "budget.maxUsagePercent: must be between 1 and 100, got 120"),
+        ("budget: {maxUsagePercent: yes}", "budget.maxUsagePercent: expected a number, got True"),
+        ("pull: {tagPolicy: maybe}", "pull.tagPolicy: must be one of resolve, allow, reject, got 'maybe'"),
+        ("eviction: {enabled: 'no'}", "eviction.enabled: expected true or false, got 'no'"),
+        ("budgte: {}", "budgte: unknown key"),
+        ("pull: {stall: 3}", "pull.stall: unknown key"),
+        ("pull: 3", "pull: expected a mapping, got 3"),
+        ("- 1", "config: expected a mapping"),
+        ("a: [", "config is not valid YAML"),
+        ("kubernetes: {nodeSelector: {gpu: 1}}", "kubernetes.nodeSelector: expected a mapping of strings"),
+    ],
+)
+def test_invalid_config_names_the_key_and_value(text: str, message: str) -> None:
+    with pytest.raises(ConfigError, match="^" + re.escape(message)):
+        load_config(text)
+
+
+def test_models_file() -> None:
+    assert load_models("models:\n- uri: oci://h/m@sha256:x\n  priority: 3\n- uri: busybox\n") == (
+        ModelRequest("oci://h/m@sha256:x", 3, "models[0]"),
+        ModelRequest("busybox", 0, "models[1]"),
+    )
+    assert load_models("") == ()
+    for bad, message in [
+        ("models: [{priority: 1}]", r"models\[0\].uri"),
+        ("models: [{uri: x, prio: 1}]", "prio"),
+        ("models: [{uri: x, priority: high}]", "priority"),
+        ("models: 3", "list"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            load_models(bad)
+
+
+def test_watched_file_reloads_on_change_and_keeps_the_last_good_version(tmp_path: Path) -> None:
+    path = tmp_path / "agent.yaml"
+    path.write_text("pull: {concurrency: 3}")
+    outcomes: list[str] = []
+    watched = WatchedFile(path, load_config, on_reload=lambda outcome, _msg: outcomes.append(outcome))
+    assert watched.current().pull.concurrency == 3
+    path.write_text("pull: {concurrency: 0}")
+    assert watched.current().pull.concurrency == 3
+    path.write_text("pull: {concurrency: 5}")
+    assert watched.current().pull.concurrency == 5
+    path.unlink()
+    assert watched.current().pull.concurrency == 5
+    assert outcomes == ["invalid", "success", "error"]
+
+
+def test_a_watched_file_must_be_valid_at_start_up(tmp_path: Path) -> None:
+    path = tmp_path / "agent.yaml"
+    path.write_text("pull: {concurrency: 0}")
+    with pytest.raises(ConfigError, match="pull.concurrency"):
+        WatchedFile(path, load_config, on_reload=lambda *_: None)
+
+
+def test_state_file_round_trips_and_sets_a_corrupt_one_aside(tmp_path: Path) -> None:
+    state_file = StateFile(tmp_path / "state" / "state.json")
+    assert state_file.load() == AgentState()
+    state = AgentState({"r": ManagedImage("r", "sha256:1", 1.0, 2.0, 3)}, {"q": BackoffEntry(2, 9.0, "boom")})
+    state_file.save(state)
+    assert state_file.load() == state
+    (tmp_path / "state" / "state.json").write_text("{not json")
+    assert state_file.load() == AgentState()
+    assert (tmp_path / "state" / "state.corrupt").exists()
