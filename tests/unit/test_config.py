@@ -82,7 +82,7 @@ def test_watched_file_reloads_on_change_and_keeps_the_last_good_version(tmp_path
 def test_a_watched_file_must_be_valid_at_start_up(tmp_path: Path) -> None:
     path = tmp_path / "agent.yaml"
     path.write_text("pull: {concurrency: 0}")
-    with pytest.raises(ConfigError, match="pull.concurrency"):
+    with pytest.raises(ConfigError, match=r"pull\.concurrency"):
         WatchedFile(path, load_config, on_reload=lambda *_: None)
 
 
