@@ -31,6 +31,7 @@ from prefetcher.core.state import AgentState
 from prefetcher.core.units import format_bytes
 from prefetcher.errors import PrefetchError
 from prefetcher.metrics import Metrics
+from prefetcher.webhook.server import run_webhook
 
 log = logging.getLogger("prefetcher")
 
@@ -57,6 +58,14 @@ def _parser() -> argparse.ArgumentParser:
     agent.set_defaults(func=_run_agent)
     plan.add_argument("-o", "--output", choices=("text", "json"), default="text")
     plan.set_defaults(func=_run_plan)
+    webhook = sub.add_parser("webhook", help="serve the modelcar wiring admission webhook (HTTPS)")
+    webhook.add_argument("--config", type=Path, required=True, help="webhook YAML config")
+    webhook.add_argument(
+        "--cert", type=Path, required=True, help="serving certificate (PEM), reloaded on change"
+    )
+    webhook.add_argument("--key", type=Path, required=True, help="private key (PEM), reloaded on change")
+    webhook.add_argument("--listen", default="0.0.0.0:8443", help="HOST:PORT to serve on")
+    webhook.set_defaults(func=_run_webhook)
     version = sub.add_parser("version", help="print the version")
     version.set_defaults(func=lambda _args: print(f"prefetcher {__version__}") or 0)
     return parser
@@ -138,6 +147,16 @@ def _run_agent(args: argparse.Namespace) -> int:
     if args.once:
         _print_plan(reconciler.report.plan, failed=reconciler.report.failed)
     return code
+
+
+def _run_webhook(args: argparse.Namespace) -> int:
+    configure_logging(level="info", json_format=False)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    return run_webhook(
+        config_path=args.config, cert_path=args.cert, key_path=args.key, listen=args.listen, stop=stop
+    )
 
 
 def _run_plan(args: argparse.Namespace) -> int:
