@@ -65,7 +65,7 @@ class WebhookConfig:
     max_request_bytes: int = 4 * 1024 * 1024
     """Largest AdmissionReview body accepted, in bytes."""
     request_timeout_seconds: float = 10.0
-    """Time allowed to read one request, and idle time allowed on a kept-alive connection."""
+    """Time allowed for a new connection's TLS handshake and first request, and for each request body."""
 
     @property
     def mount_dir(self) -> str:

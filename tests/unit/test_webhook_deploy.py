@@ -1,0 +1,165 @@
+"""deploy/webhook, rendered with ``kubectl kustomize``: the properties the install relies on."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import pytest
+import yaml
+
+from prefetcher.webhook.config import WebhookConfig, load_webhook_config
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "webhook"
+NAMESPACE = "modelcar-prefetcher"
+SYSTEM_NAMESPACES = {"kube-system", "kube-public", "kube-node-lease", NAMESPACE}
+
+
+def render(path: Path) -> list[dict[str, Any]]:
+    kubectl = shutil.which("kubectl") or "/usr/bin/kubectl"
+    if not Path(kubectl).exists():
+        pytest.fail("kubectl is needed to render the kustomize manifests and was not found")
+    result = subprocess.run(
+        [kubectl, "kustomize", str(path)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+
+
+def one(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
+    found = [d for d in docs if d["kind"] == kind and name in (None, d["metadata"]["name"])]
+    assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
+    return found[0]
+
+
+@pytest.fixture(scope="module")
+def docs() -> list[dict[str, Any]]:
+    return render(DEPLOY)
+
+
+@pytest.fixture(scope="module")
+def pod(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    deployment = one(docs, "Deployment")
+    spec: dict[str, Any] = deployment["spec"]["template"]["spec"]
+    return spec
+
+
+def test_everything_namespaced_lands_in_the_product_namespace(docs: list[dict[str, Any]]) -> None:
+    for doc in docs:
+        if doc["kind"] != "MutatingWebhookConfiguration":
+            assert doc["metadata"]["namespace"] == NAMESPACE, doc["kind"]
+
+
+def test_two_replicas_spread_and_protected_by_a_pdb(docs: list[dict[str, Any]]) -> None:
+    deployment = one(docs, "Deployment")
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    pdb = one(docs, "PodDisruptionBudget")
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert pdb["spec"]["minAvailable"] == 1
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    spread = deployment["spec"]["template"]["spec"]["topologySpreadConstraints"][0]
+    assert spread["topologyKey"] == "kubernetes.io/hostname"
+
+
+def test_the_container_runs_the_webhook_with_files_that_exist(
+    docs: list[dict[str, Any]], pod: dict[str, Any]
+) -> None:
+    (container,) = pod["containers"]
+    flags = dict(arg.removeprefix("--").split("=", 1) for arg in container["args"][1:])
+    assert container["args"][0] == "webhook" and set(flags) == {"config", "cert", "key", "listen"}
+    mounts = {m["name"]: PurePosixPath(m["mountPath"]) for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    configmap = one(docs, "ConfigMap")
+    assert volumes["config"]["configMap"]["name"] == configmap["metadata"]["name"]
+    config_file = PurePosixPath(flags["config"])
+    assert config_file.parent == mounts["config"] and config_file.name in configmap["data"]
+    for flag, key in (("cert", "tls.crt"), ("key", "tls.key")):
+        assert PurePosixPath(flags[flag]) == mounts["tls"] / key
+    assert volumes["tls"]["secret"]["secretName"] == "modelcar-prefetcher-webhook-tls"
+    assert flags["listen"] == f":{container['ports'][0]['containerPort']}"
+
+
+def test_shipped_config_is_valid_and_documents_the_defaults(docs: list[dict[str, Any]]) -> None:
+    data = one(docs, "ConfigMap")["data"]["webhook.yaml"]
+    assert load_webhook_config(data) == WebhookConfig()
+
+
+def test_probes_use_https_on_the_serving_port(pod: dict[str, Any]) -> None:
+    (container,) = pod["containers"]
+    for probe in ("readinessProbe", "livenessProbe"):
+        get = container[probe]["httpGet"]
+        assert (get["scheme"], get["path"], get["port"]) == ("HTTPS", "/healthz", "https")
+
+
+def test_the_pod_is_locked_down(pod: dict[str, Any]) -> None:
+    (container,) = pod["containers"]
+    context = container["securityContext"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    assert context["readOnlyRootFilesystem"] is True and context["allowPrivilegeEscalation"] is False
+    assert context["capabilities"]["drop"] == ["ALL"]
+    assert pod["automountServiceAccountToken"] is False
+
+
+def test_service_reaches_the_container(docs: list[dict[str, Any]], pod: dict[str, Any]) -> None:
+    service = one(docs, "Service")
+    (port,) = service["spec"]["ports"]
+    (container,) = pod["containers"]
+    assert port["port"] == 443 and port["targetPort"] == container["ports"][0]["name"]
+    assert (
+        service["spec"]["selector"].items()
+        <= one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"].items()
+    )
+
+
+def test_webhook_registration(docs: list[dict[str, Any]]) -> None:
+    config = one(docs, "MutatingWebhookConfiguration")
+    service = one(docs, "Service")
+    pod_labels = one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert [w["name"] for w in config["webhooks"]] == [
+        "kserve.modelcar-prefetcher.io",
+        "pods.modelcar-prefetcher.io",
+    ]
+    for webhook in config["webhooks"]:
+        assert webhook["admissionReviewVersions"] == ["v1"] and webhook["sideEffects"] == "None"
+        assert webhook["reinvocationPolicy"] == "IfNeeded" and webhook["failurePolicy"] == "Fail"
+        assert 1 <= webhook["timeoutSeconds"] <= 10
+        target = webhook["clientConfig"]["service"]
+        assert (target["name"], target["namespace"], target["path"]) == (
+            service["metadata"]["name"],
+            NAMESPACE,
+            "/mutate",
+        )
+        (rule,) = webhook["rules"]
+        assert rule["operations"] == ["CREATE"] and rule["resources"] == ["pods"]
+        excluded = {
+            value
+            for expression in webhook["namespaceSelector"]["matchExpressions"]
+            if expression["key"] == "kubernetes.io/metadata.name" and expression["operator"] == "NotIn"
+            for value in expression["values"]
+        }
+        assert excluded == SYSTEM_NAMESPACES
+        expressions = webhook["objectSelector"]["matchExpressions"]
+        assert any(e["operator"] in ("Exists", "In") for e in expressions)
+        never_self = [e for e in expressions if e["operator"] == "NotIn"]
+        assert any(pod_labels.get(e["key"]) in e["values"] for e in never_self)
+
+
+def test_cert_manager_overlay_injects_the_ca_of_the_serving_certificate() -> None:
+    docs = render(DEPLOY / "cert-manager")
+    config = one(docs, "MutatingWebhookConfiguration")
+    namespace, name = config["metadata"]["annotations"]["cert-manager.io/inject-ca-from"].split("/")
+    certificate = one(docs, "Certificate", name)
+    assert namespace == certificate["metadata"]["namespace"] == NAMESPACE
+    deployment = one(docs, "Deployment")
+    secrets = [
+        v["secret"]["secretName"] for v in deployment["spec"]["template"]["spec"]["volumes"] if "secret" in v
+    ]
+    assert certificate["spec"]["secretName"] in secrets
+    assert "modelcar-prefetcher-webhook.modelcar-prefetcher.svc" in certificate["spec"]["dnsNames"]
+    issuer = one(docs, "Issuer", certificate["spec"]["issuerRef"]["name"])
+    ca = one(docs, "Certificate", "modelcar-prefetcher-webhook-ca")
+    assert issuer["spec"]["ca"]["secretName"] == ca["spec"]["secretName"] and ca["spec"]["isCA"] is True
