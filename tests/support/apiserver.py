@@ -8,6 +8,9 @@ Everything the control plane needs is generated into a session temp dir: a CA, t
 serving certificate, a service-account signing key and an admin client certificate in
 ``system:masters`` with its kubeconfig. Both processes listen on ephemeral loopback ports.
 Readiness is ``/health`` (etcd) and ``/readyz`` (kube-apiserver) polled against a deadline.
+``ApiServer.restart`` and ``ApiServer.stopped`` take kube-apiserver down and back up on the same
+port against the same etcd, for tests of clients that must survive a restart mid-watch;
+``ApiServer.write_kubeconfig`` issues further identities (a node, a controller) from the same CA.
 
 No kube-controller-manager runs, so ``ApiServer.create_namespace`` also creates what its
 controllers would: the ``default`` ServiceAccount (the ServiceAccount admission plugin rejects Pods
