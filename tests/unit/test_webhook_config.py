@@ -104,6 +104,7 @@ def test_every_field_has_a_one_line_docstring() -> None:
         and isinstance(node.target, ast.Name)
         and isinstance(after, ast.Expr)
         and isinstance(after.value, ast.Constant)
+        and isinstance(after.value.value, str)
         and "\n" not in after.value.value
     }
     assert documented == {field.name for field in fields(WebhookConfig)}
