@@ -135,6 +135,7 @@ class ListWatch(Generic[T]):
                 self._failures = 0
         finally:
             response, self._response = self._response, None
+            response.close()  # a half-read stream must not go back to the pool
             response.release_conn()
         return version
 

@@ -159,6 +159,12 @@ def _event(document: object) -> Mapping[str, Any]:
     return document
 
 
+def _finish(response: Any) -> None:
+    # An unread body left in a pooled connection is what the next request would read first.
+    response.drain_conn()
+    response.release_conn()
+
+
 @dataclass(frozen=True, slots=True)
 class ObjectRef:
     """The object an Event is about."""
@@ -223,13 +229,14 @@ class EventRecorder:
         patch = {"count": seen.count + 1, "lastTimestamp": self._timestamp()}
         try:
             with kube_errors(f"updating event {seen.namespace}/{seen.name}"):
-                self._events.patch_namespaced_event(
+                response = self._events.patch_namespaced_event(
                     seen.name,
                     seen.namespace,
                     patch,
                     _preload_content=False,
                     _request_timeout=(self._timeout, self._timeout),
-                ).release_conn()
+                )
+                _finish(response)
         except KubeStatusError as error:
             if error.status == 404:  # expired (the API server's event TTL) or deleted: start anew
                 return False
@@ -257,9 +264,10 @@ class EventRecorder:
             "reportingInstance": self._host,
         }
         with kube_errors(f"creating event {reason} on {obj.kind} {obj.namespace}/{obj.name}"):
-            self._events.create_namespaced_event(
+            response = self._events.create_namespaced_event(
                 namespace, body, _preload_content=False, _request_timeout=(self._timeout, self._timeout)
-            ).release_conn()
+            )
+            _finish(response)
         return name
 
     def _timestamp(self) -> str:
