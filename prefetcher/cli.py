@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import platform
 import random
 import signal
@@ -21,6 +22,8 @@ from prefetcher import __version__
 from prefetcher.adapters.cri import CriImageRuntime, detect_endpoint
 from prefetcher.adapters.disk import StatvfsDisk
 from prefetcher.adapters.files import FileModelSource, StateFile, WatchedFile
+from prefetcher.adapters.kube import IsvcModelSource
+from prefetcher.adapters.kube_api import EventRecorder, KubeEventSink, api_client
 from prefetcher.adapters.registry import HttpRegistry, read_docker_config
 from prefetcher.agent.health import HealthServer, parse_address
 from prefetcher.agent.reconciler import Reconciler
@@ -29,8 +32,9 @@ from prefetcher.config import Config, load_config, load_models
 from prefetcher.core.model import Plan
 from prefetcher.core.state import AgentState
 from prefetcher.core.units import format_bytes
-from prefetcher.errors import PrefetchError
+from prefetcher.errors import ConfigError, PrefetchError
 from prefetcher.metrics import Metrics
+from prefetcher.ports import EventSink, ModelSource
 from prefetcher.webhook.server import run_webhook
 
 log = logging.getLogger("prefetcher")
@@ -53,7 +57,15 @@ def _parser() -> argparse.ArgumentParser:
     plan = sub.add_parser("plan", help="show what the agent would pull, evict and skip; changes nothing")
     for p in (agent, plan):
         p.add_argument("--config", type=Path, required=True, help="YAML config (the ConfigMap's agent.yaml)")
-        p.add_argument("--models", type=Path, required=True, help="models file listing what to keep warm")
+        p.add_argument(
+            "--models", type=Path, help="models file to keep warm; without it, follow InferenceServices"
+        )
+        p.add_argument(
+            "--node-name", default=os.environ.get("NODE_NAME", ""), help="this node (default $NODE_NAME)"
+        )
+        p.add_argument(
+            "--kubeconfig", default=os.environ.get("KUBECONFIG"), help="default: in-cluster config"
+        )
     agent.add_argument("--once", action="store_true", help="carry out one full plan and exit")
     agent.set_defaults(func=_run_agent)
     plan.add_argument("-o", "--output", choices=("text", "json"), default="text")
@@ -81,7 +93,8 @@ def _wire(
     cfg: Config,
     *,
     config: Callable[[], Config],
-    models: WatchedFile[Any],
+    source: ModelSource,
+    events: EventSink,
     metrics: Metrics,
     state: AgentState,
     save_state: Callable[[AgentState], None],
@@ -98,9 +111,9 @@ def _wire(
     return Reconciler(
         runtime=CriImageRuntime(endpoint, timeout_seconds=cfg.cri_timeout_seconds),
         registry=registry,
-        source=FileModelSource(models),
+        source=source,
         disk=StatvfsDisk(Path(cfg.image_fs_path)),
-        events=LogEvents(),
+        events=events,
         metrics=metrics,
         clock=SystemClock(),
         config=config,
@@ -110,24 +123,58 @@ def _wire(
     )
 
 
-def _watch(args: argparse.Namespace, metrics: Metrics) -> tuple[WatchedFile[Config], WatchedFile[Any]]:
-    def count(outcome: str, _message: str) -> None:
-        metrics.config_reloads.labels(outcome).inc()
-
-    config = WatchedFile(args.config, load_config, on_reload=count)
-    models = WatchedFile(args.models, load_models, on_reload=count)
-    return config, models
+def _source(
+    args: argparse.Namespace, cfg: Config, on_reload: Callable[[str, str], None]
+) -> tuple[ModelSource, EventSink, Callable[[], None]]:
+    """The models file, or InferenceServices seen from this node; with its event sink and its stop."""
+    if args.models is not None:
+        return (
+            FileModelSource(WatchedFile(args.models, load_models, on_reload=on_reload)),
+            LogEvents(),
+            lambda: None,
+        )
+    if not args.node_name:
+        raise ConfigError("--node-name (or $NODE_NAME) is required to follow InferenceServices")
+    api = api_client(kubeconfig=args.kubeconfig)
+    k = cfg.kubernetes
+    recorder = EventRecorder(api, clock=SystemClock(), host=args.node_name)
+    source = IsvcModelSource(
+        api,
+        node_name=args.node_name,
+        namespaces=k.namespaces,
+        default_priority=k.default_priority,
+        scale_to_zero_boost=k.scale_to_zero_boost,
+        priority_annotation=k.priority_annotation,
+        ignore_taints=frozenset({k.startup_taint} - {""}),
+        node_selector=k.node_selector or None,
+        recorder=recorder,
+    )
+    source.start()
+    if not source.wait_synced(timeout_seconds=60):
+        log.warning("InferenceServices not listed within 60s; carrying on, the watch keeps trying")
+    return source, KubeEventSink(recorder=recorder, resolve=source.object_for), source.stop
 
 
 def _run_agent(args: argparse.Namespace) -> int:
     metrics = Metrics(CollectorRegistry())
-    config, models = _watch(args, metrics)
+
+    def count(outcome: str, _message: str) -> None:
+        metrics.config_reloads.labels(outcome).inc()
+
+    config = WatchedFile(args.config, load_config, on_reload=count)
     cfg = config.current()
     configure_logging(level=cfg.log_level, json_format=cfg.log_format == "json")
+    source, events, stop_source = _source(args, cfg, count)
     state = StateFile(Path(cfg.state_file))
     # Hot reload: every pass reads the latest good config; endpoints and listen address need a restart.
     reconciler = _wire(
-        cfg, config=config.current, models=models, metrics=metrics, state=state.load(), save_state=state.save
+        cfg,
+        config=config.current,
+        source=source,
+        events=events,
+        metrics=metrics,
+        state=state.load(),
+        save_state=state.save,
     )
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -139,11 +186,14 @@ def _run_agent(args: argparse.Namespace) -> int:
         ready=lambda: (reconciler.healthy, f"passes={reconciler.passes} runtime_ok={reconciler.healthy}"),
     )
     server.start()
-    log.info("prefetcher %s starting (config %s, models %s)", __version__, args.config, args.models)
+    log.info(
+        "prefetcher %s starting (config %s, models %s)", __version__, args.config, args.models or "cluster"
+    )
     try:
         code = reconciler.run(stop, once=args.once)
     finally:
         server.stop()
+        stop_source()
     if args.once:
         _print_plan(reconciler.report.plan, failed=reconciler.report.failed)
     return code
@@ -162,17 +212,22 @@ def _run_webhook(args: argparse.Namespace) -> int:
 def _run_plan(args: argparse.Namespace) -> int:
     cfg = load_config(args.config.read_text())
     configure_logging(level="warning", json_format=False)
-    models = WatchedFile(args.models, load_models, on_reload=lambda *_: None)
+    source, _events, stop_source = _source(args, cfg, lambda *_: None)
     saved = StateFile(Path(cfg.state_file)).load()
+    # A dry run writes nothing: no state, no Events (they go to the log).
     reconciler = _wire(
         cfg,
         config=lambda: cfg,
-        models=models,
+        source=source,
+        events=LogEvents(),
         metrics=Metrics(CollectorRegistry()),
         state=saved,
         save_state=lambda _state: None,
-    )  # a dry run writes nothing
-    plan = reconciler.dry_run()
+    )
+    try:
+        plan = reconciler.dry_run()
+    finally:
+        stop_source()
     if args.output == "json":
         print(json.dumps(_plan_doc(plan), indent=2, default=str))
     else:
