@@ -55,9 +55,13 @@ def resources(config: WebhookConfig) -> dict[str, Any]:
     return {"requests": dict(amounts), "limits": dict(amounts)}
 
 
-def security_context(config: WebhookConfig, *, uid: int | None, pod_has_seccomp: bool) -> dict[str, Any]:
-    """The injected containers' security context: the shared uid, hardened when configured."""
+def security_context(
+    config: WebhookConfig, *, uid: int | None, gid: int | None, pod_has_seccomp: bool
+) -> dict[str, Any]:
+    """The injected containers' security context: the shared uid and gid, hardened when configured."""
     context: dict[str, Any] = {} if uid is None else {"runAsUser": uid}
+    if gid is not None:
+        context["runAsGroup"] = gid
     if not config.restricted_security_context:
         return context
     if uid is not None and uid != 0:

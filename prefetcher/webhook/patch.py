@@ -26,7 +26,7 @@ from prefetcher.errors import InvalidReferenceError
 from prefetcher.webhook import containers as build
 from prefetcher.webhook.config import WebhookConfig, check_model_path
 from prefetcher.webhook.podview import PodView, WiringError, mapping
-from prefetcher.webhook.security import plan_uid
+from prefetcher.webhook.security import Identity, plan_identity
 
 ANNOTATION_PREFIX = "modelcar-prefetcher.io/"
 MODEL_URI_ANNOTATION = ANNOTATION_PREFIX + "model-uri"
@@ -201,17 +201,16 @@ def _sidecar_ops(
     pull_policy: str | None,
     config: WebhookConfig,
 ) -> tuple[list[Op], list[str]]:
-    uid, set_uid_on, warnings = plan_uid(view, targets, config)
+    identity = plan_identity(view, targets, config)
     ops: list[Op] = []
     if view.volume(config.volume_name) is None:
         ops += _extend("/spec/volumes", view.spec.get("volumes"), [build.empty_dir_volume(config)])
     if view.spec.get("shareProcessNamespace") is not True:
         ops.append({"op": "add", "path": "/spec/shareProcessNamespace", "value": True})
     ops += _wire_containers(view, targets, trigger.model_path, config)
-    for index in set_uid_on:
-        ops += _set_uid(view, index, uid)
+    ops += _set_identity(view, identity)
     has_seccomp = "seccompProfile" in view.pod_security()
-    security = build.security_context(config, uid=uid, pod_has_seccomp=has_seccomp)
+    security = build.security_context(config, uid=identity.uid, gid=identity.gid, pod_has_seccomp=has_seccomp)
     native = config.modelcar_mode == "native-sidecar"
     init = build.init_container(config, image=image, pull_policy=pull_policy, security=security)
     modelcar = build.modelcar_container(
@@ -226,7 +225,7 @@ def _sidecar_ops(
     ops += _extend("/spec/initContainers", view.spec.get("initContainers"), init_list)
     if not native:
         ops += _extend("/spec/containers", view.spec.get("containers"), [modelcar])
-    return ops, warnings
+    return ops, list(identity.warnings)
 
 
 def _wire_containers(view: PodView, targets: list[int], model_path: str, config: WebhookConfig) -> list[Op]:
@@ -261,11 +260,21 @@ def _env_ops(base: str, raw: Any, env: list[Mapping[str, Any]], config: WebhookC
     return ops + _extend(f"{base}/env", raw, added)
 
 
-def _set_uid(view: PodView, index: int, uid: int | None) -> list[Op]:
-    base = f"/spec/containers/{index}/securityContext"
-    if view.containers[index].get("securityContext") is None:
-        return [{"op": "add", "path": base, "value": {"runAsUser": uid}}]
-    return [{"op": "add", "path": f"{base}/runAsUser", "value": uid}]
+def _set_identity(view: PodView, identity: Identity) -> list[Op]:
+    """Give wired containers the shared uid/gid (only those fields of their security context)."""
+    ops: list[Op] = []
+    for index in sorted(set(identity.set_uid_on) | set(identity.set_gid_on)):
+        fields: dict[str, Any] = {}
+        if index in identity.set_uid_on:
+            fields["runAsUser"] = identity.uid
+        if index in identity.set_gid_on:
+            fields["runAsGroup"] = identity.gid
+        base = f"/spec/containers/{index}/securityContext"
+        if view.containers[index].get("securityContext") is None:
+            ops.append({"op": "add", "path": base, "value": fields})
+        else:
+            ops += [{"op": "add", "path": f"{base}/{key}", "value": value} for key, value in fields.items()]
+    return ops
 
 
 def _extend(path: str, current: Any, new: list[Any]) -> list[Op]:

@@ -91,9 +91,10 @@ def run_in_image(root: Path, command: tuple[str, ...], *, uid: int = UID) -> sub
     )
 
 
-def probe_as(uid: int, link: Path) -> int:
-    """The native sidecar's startup probe, run by ``uid`` against the link seen from outside."""
-    argv = [str(SETPRIV), f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *STARTUP_PROBE_COMMAND]
+def probe_as(uid: int, link: Path, gid: int | None = None) -> int:
+    """The native sidecar's startup probe, run by ``uid``:``gid`` against the link seen from outside."""
+    group = uid if gid is None else gid
+    argv = [str(SETPRIV), f"--reuid={uid}", f"--regid={group}", "--clear-groups", *STARTUP_PROBE_COMMAND]
     return subprocess.run(argv, env={"PATH": "/usr/bin:/bin", LINK_ENV: str(link)}, check=False).returncode
 
 
@@ -110,8 +111,9 @@ def test_modelcar_links_the_model_and_exits_at_once_on_sigterm(image_root: Path)
         assert os.readlink(link) == f"/proc/{process.pid}/root/models"
         poll(lambda: probe_as(UID, link) == 0, "the startup probe to pass")
         assert (link / "config.json").read_text() == '{"layers": 2}\n'
-        # Only the modelcar's uid may follow /proc/<pid>/root: why the server must share it.
+        # Only the modelcar's uid *and* gid may follow /proc/<pid>/root: why the server shares both.
         assert probe_as(UID + 1, link) != 0
+        assert probe_as(UID, link, gid=0) != 0
         (sleeper,) = children(process.pid)
         started = time.monotonic()
         process.send_signal(signal.SIGTERM)

@@ -467,6 +467,46 @@ def test_the_modelcar_shares_the_uid_the_server_already_has(
         assert container["securityContext"].get("runAsNonRoot") is (True if uid else None)
 
 
+def test_an_explicit_group_is_shared_and_given_to_every_wired_container() -> None:
+    pod = make_pod("kserve-container", "transformer-container")
+    pod["spec"]["containers"][0]["securityContext"] = {"runAsGroup": 3000}
+    mutation, wired = wire(pod)
+    server, transformer = wired["spec"]["containers"]
+    assert server["securityContext"] == {"runAsGroup": 3000, "runAsUser": 1010}
+    assert transformer["securityContext"] == {"runAsUser": 1010, "runAsGroup": 3000}
+    for container in wired["spec"]["initContainers"]:
+        assert (container["securityContext"]["runAsUser"], container["securityContext"]["runAsGroup"]) == (
+            1010,
+            3000,
+        )
+    assert mutation.warnings == ()
+
+
+def test_a_pod_level_identity_is_copied_to_the_modelcar_only() -> None:
+    pod = make_pod("kserve-container", securityContext={"runAsUser": 1000, "runAsGroup": 1000})
+    mutation, wired = wire(pod)
+    assert "securityContext" not in wired["spec"]["containers"][0]
+    modelcar = wired["spec"]["initContainers"][1]
+    assert (modelcar["securityContext"]["runAsUser"], modelcar["securityContext"]["runAsGroup"]) == (
+        1000,
+        1000,
+    )
+    assert mutation.warnings == ()
+
+
+def test_a_kept_uid_without_a_group_is_warned_about() -> None:
+    pod = make_pod("kserve-container", securityContext={"runAsUser": 1000})
+    mutation, wired = wire(pod)
+    assert "sets no runAsGroup" in mutation.warnings[0]
+    assert "runAsGroup" not in wired["spec"]["initContainers"][1]["securityContext"]
+
+
+def test_servers_with_different_gids_cannot_share_a_modelcar() -> None:
+    pod = make_pod("kserve-container", "transformer-container", securityContext={"runAsGroup": 5})
+    pod["spec"]["containers"][1]["securityContext"] = {"runAsGroup": 6}
+    assert "different gids" in denial(pod)
+
+
 def test_servers_with_different_uids_cannot_share_a_modelcar() -> None:
     pod = make_pod("kserve-container", "transformer-container")
     pod["spec"]["containers"][0]["securityContext"] = {"runAsUser": 1000}
@@ -533,7 +573,9 @@ _container = st.fixed_dictionaries(
             ),
             max_size=2,
         ),
-        "securityContext": st.fixed_dictionaries({}, optional={"runAsUser": st.sampled_from([1001, 2000])}),
+        "securityContext": st.fixed_dictionaries(
+            {}, optional={"runAsUser": st.sampled_from([1001, 2000]), "runAsGroup": st.sampled_from([0, 7])}
+        ),
     },
 )
 _annotations = st.one_of(
@@ -584,8 +626,10 @@ def test_any_wired_pod_is_wired_once_and_consistently(pod: dict[str, Any], confi
     if config.modelcar_mode != "image-volume":
         assert spec["shareProcessNamespace"] is True
         modelcar = named(spec["initContainers"] + spec["containers"], "modelcar")
-        uid = modelcar["securityContext"]["runAsUser"]
-        for container in spec["containers"]:
-            if any(m["name"] == "kserve-provision-location" for m in container.get("volumeMounts", [])):
-                own = container.get("securityContext", {}).get("runAsUser")
-                assert (own if own is not None else spec.get("securityContext", {}).get("runAsUser")) == uid
+        pod_context = spec.get("securityContext", {})
+        for field in ("runAsUser", "runAsGroup"):
+            shared = modelcar["securityContext"].get(field)
+            for container in spec["containers"]:
+                if any(m["name"] == "kserve-provision-location" for m in container.get("volumeMounts", [])):
+                    own = container.get("securityContext", {}).get(field, pod_context.get(field))
+                    assert own == shared, (field, container["name"])
