@@ -24,6 +24,7 @@ from prefetcher.adapters.disk import StatvfsDisk
 from prefetcher.adapters.files import FileModelSource, StateFile, WatchedFile
 from prefetcher.adapters.kube import IsvcModelSource
 from prefetcher.adapters.kube_api import EventRecorder, KubeEventSink, api_client
+from prefetcher.adapters.node_taint import StartupTaint
 from prefetcher.adapters.registry import HttpRegistry, read_docker_config
 from prefetcher.agent.health import HealthServer, parse_address
 from prefetcher.agent.reconciler import Reconciler
@@ -98,6 +99,7 @@ def _wire(
     metrics: Metrics,
     state: AgentState,
     save_state: Callable[[AgentState], None],
+    after_pass: Callable[..., None] | None = None,
 ) -> Reconciler:
     """Build the reconciler and its adapters from the configuration at start-up."""
     endpoint = cfg.cri_endpoint or detect_endpoint()
@@ -120,19 +122,17 @@ def _wire(
         state=state,
         save_state=save_state,
         draw=random.random,
+        after_pass=after_pass,
     )
 
 
 def _source(
     args: argparse.Namespace, cfg: Config, on_reload: Callable[[str, str], None]
-) -> tuple[ModelSource, EventSink, Callable[[], None]]:
-    """The models file, or InferenceServices seen from this node; with its event sink and its stop."""
+) -> tuple[ModelSource, EventSink, Callable[[], None], Callable[..., None] | None]:
+    """The models file, or InferenceServices for this node; its event sink, stop and after-pass hook."""
     if args.models is not None:
-        return (
-            FileModelSource(WatchedFile(args.models, load_models, on_reload=on_reload)),
-            LogEvents(),
-            lambda: None,
-        )
+        models = WatchedFile(args.models, load_models, on_reload=on_reload)
+        return FileModelSource(models), LogEvents(), lambda: None, None
     if not args.node_name:
         raise ConfigError("--node-name (or $NODE_NAME) is required to follow InferenceServices")
     api = api_client(kubeconfig=args.kubeconfig)
@@ -150,9 +150,19 @@ def _source(
         recorder=recorder,
     )
     source.start()
-    if not source.wait_synced(timeout_seconds=60):
+    synced = source.wait_synced(timeout_seconds=60)
+    if not synced:
         log.warning("InferenceServices not listed within 60s; carrying on, the watch keeps trying")
-    return source, KubeEventSink(recorder=recorder, resolve=source.object_for), source.stop
+    # Never lift the start-up taint on a desired set that was simply not listed yet.
+    taint = StartupTaint(
+        api,
+        node_name=args.node_name,
+        key=k.startup_taint if synced else "",
+        deadline_seconds=k.startup_taint_deadline_seconds,
+        clock=SystemClock(),
+    )
+    events = KubeEventSink(recorder=recorder, resolve=source.object_for)
+    return source, events, source.stop, taint.after_pass
 
 
 def _run_agent(args: argparse.Namespace) -> int:
@@ -164,7 +174,7 @@ def _run_agent(args: argparse.Namespace) -> int:
     config = WatchedFile(args.config, load_config, on_reload=count)
     cfg = config.current()
     configure_logging(level=cfg.log_level, json_format=cfg.log_format == "json")
-    source, events, stop_source = _source(args, cfg, count)
+    source, events, stop_source, after_pass = _source(args, cfg, count)
     state = StateFile(Path(cfg.state_file))
     # Hot reload: every pass reads the latest good config; endpoints and listen address need a restart.
     reconciler = _wire(
@@ -175,6 +185,7 @@ def _run_agent(args: argparse.Namespace) -> int:
         metrics=metrics,
         state=state.load(),
         save_state=state.save,
+        after_pass=after_pass,
     )
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -212,7 +223,7 @@ def _run_webhook(args: argparse.Namespace) -> int:
 def _run_plan(args: argparse.Namespace) -> int:
     cfg = load_config(args.config.read_text())
     configure_logging(level="warning", json_format=False)
-    source, _events, stop_source = _source(args, cfg, lambda *_: None)
+    source, _events, stop_source, _after_pass = _source(args, cfg, lambda *_: None)
     saved = StateFile(Path(cfg.state_file)).load()
     # A dry run writes nothing: no state, no Events (they go to the log).
     reconciler = _wire(

@@ -56,6 +56,7 @@ class Reconciler:
         state: AgentState,
         save_state: Callable[[AgentState], None],
         draw: Callable[[], float],
+        after_pass: Callable[..., None] | None = None,
     ) -> None:
         self._runtime = runtime
         self._source = source
@@ -67,6 +68,7 @@ class Reconciler:
         self._state = state
         self._save = save_state
         self._draw = draw
+        self._after_pass = after_pass
         self._resolver = Resolver(registry=registry, events=events, clock=clock.now)
         self._pulls = PullTracker(runtime=runtime, disk=disk, clock=clock, registry=registry)
         self._skipped: dict[str, SkipReason] = {}
@@ -152,6 +154,12 @@ class Reconciler:
         self.passes += 1
         self.healthy = True
         self._metrics.last_reconcile.set(self._clock.now())
+        if self._after_pass is not None:
+            settled = not self._pulls.active and not self.report.plan.pulls
+            try:
+                self._after_pass(settled=settled)
+            except PrefetchError as err:
+                log.error("after-pass hook failed: %s", err)
         return None
 
     def _wait(self, stop: threading.Event, seconds: float, failed: dict[str, str] | None) -> None:
