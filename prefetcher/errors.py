@@ -17,8 +17,6 @@ class InvalidReferenceError(PrefetchError):
     """A model URI or image reference is malformed."""
 
 
-
-
 class RuntimeUnavailableError(PrefetchError):
     """The container runtime's CRI socket is missing, refused, not permitted or timing out."""
 

@@ -57,9 +57,7 @@ class ImageRuntime(Protocol):
     def image_status(self, ref: str) -> CachedImage | None:
         """The image known by ``ref``, or None."""
 
-    def start_pull(
-        self, ref: str, *, credentials: Credentials | None, timeout_seconds: float
-    ) -> PullHandle:
+    def start_pull(self, ref: str, *, credentials: Credentials | None, timeout_seconds: float) -> PullHandle:
         """Begin pulling ``ref``; the handle reports the outcome."""
 
     def remove_image(self, image_id: str) -> None:
