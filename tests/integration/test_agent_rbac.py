@@ -1,0 +1,76 @@
+"""The shipped agent RBAC on a real kube-apiserver, checked by impersonating the ServiceAccount."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.support.apiserver import ApiServer
+
+pytestmark = pytest.mark.integration
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "agent"
+AGENT = "system:serviceaccount:modelcar-prefetcher:modelcar-prefetcher"
+
+
+def can(apiserver: ApiServer, verb: str, resource: str, *extra: str) -> bool:
+    """``kubectl auth can-i`` as the agent: exit 0 is yes, 1 is no, anything else is an error."""
+    command = [
+        str(apiserver.assets_dir / "kubectl"),
+        f"--kubeconfig={apiserver.kubeconfig}",
+        "auth",
+        "can-i",
+        verb,
+        resource,
+        f"--as={AGENT}",
+        *extra,
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode in (0, 1), result.stderr
+    return result.returncode == 0
+
+
+@pytest.fixture(scope="module")
+def rbac_applied(apiserver: ApiServer, isvc_crd: str) -> None:
+    for name in ("namespace.yaml", "serviceaccount.yaml", "rbac.yaml"):
+        apiserver.kubectl("apply", "-f", str(DEPLOY / name))
+
+
+@pytest.mark.parametrize(
+    ("verb", "resource", "extra"),
+    [
+        ("list", "inferenceservices.serving.kserve.io", ("--all-namespaces",)),
+        ("watch", "inferenceservices.serving.kserve.io", ("--all-namespaces",)),
+        ("watch", "nodes", ()),
+        ("patch", "nodes", ()),
+        ("create", "events", ("-n", "team-a")),
+        ("patch", "events", ("-n", "team-a")),
+    ],
+)
+def test_the_agent_can_do_what_it_needs(
+    apiserver: ApiServer, rbac_applied: None, verb: str, resource: str, extra: tuple[str, ...]
+) -> None:
+    assert can(apiserver, verb, resource, *extra)
+
+
+@pytest.mark.parametrize(
+    ("verb", "resource", "extra"),
+    [
+        ("get", "secrets", ("--all-namespaces",)),
+        ("list", "secrets", ("-n", "team-a")),
+        ("get", "serviceaccounts", ("-n", "team-a")),
+        ("delete", "nodes", ()),
+        ("update", "nodes", ()),
+        ("create", "nodes", ()),
+        ("patch", "inferenceservices.serving.kserve.io", ("-n", "team-a")),
+        ("create", "pods", ("-n", "team-a")),
+        ("list", "pods", ("--all-namespaces",)),
+        ("delete", "events", ("-n", "team-a")),
+        ("*", "*", ()),
+    ],
+)
+def test_the_agent_cannot_read_secrets_or_change_what_it_does_not_own(
+    apiserver: ApiServer, rbac_applied: None, verb: str, resource: str, extra: tuple[str, ...]
+) -> None:
+    assert not can(apiserver, verb, resource, *extra)
