@@ -26,7 +26,8 @@ from prefetcher.metrics import Metrics
 from prefetcher.ports import Clock, DiskProbe, EventSink, ImageRuntime, ModelSource, Registry
 
 log = logging.getLogger(__name__)
-POLL_SECONDS = 1.0
+# How often pulls under way are checked: a finished pull is noticed within this, so keep it short.
+POLL_SECONDS = 0.25
 # Transient skips (a pull under way, a retry pending) are not news; the failure itself was reported.
 _QUIET = (SkipReason.IN_FLIGHT, SkipReason.BACKOFF, SkipReason.UNRESOLVED)
 
@@ -177,7 +178,7 @@ class Reconciler:
                     )
             if finished:
                 return
-            stop.wait(POLL_SECONDS if self._pulls.active else min(POLL_SECONDS * 5, seconds))
+            stop.wait(POLL_SECONDS if self._pulls.active else min(5.0, seconds))
 
     def _record_success(self, outcome: PullOutcome) -> None:
         now, ref, cost = self._clock.now(), outcome.model_ref, outcome.cost_bytes

@@ -56,28 +56,34 @@ def plan(
     models = merge_desired(desired)
     warm, pending, skips = _classify(models, cached, now, backoff_until or {}, in_flight)
     limit = budget.limit_bytes(disk)
+    limit_text = format_bytes(limit)
     projected = disk.used_bytes + sum(in_flight.values())
     pool = _evictable(cached, in_use, managed, {m.ref.canonical() for m in models})
     if not budget.eviction_enabled:
         pool = []
-    expired = [c for c in pool if now - c.managed.last_desired_at >= budget.eviction_grace_seconds]
-    evictions = [_evict(c, EvictionReason.NOT_DESIRED) for c in expired]
-    pool = [c for c in pool if c not in expired]
+    # One pass, no equality tests: comparing frozen dataclasses made this quadratic on large nodes.
+    expired = [now - c.managed.last_desired_at >= budget.eviction_grace_seconds for c in pool]
+    evictions = [_evict(c, EvictionReason.NOT_DESIRED) for c, gone in zip(pool, expired, strict=True) if gone]
+    pool = [c for c, gone in zip(pool, expired, strict=True) if not gone]
     projected -= sum(e.freed_bytes for e in evictions)
     pulls: list[Pull] = []
     for model in pending:
         cost = budget.pull_cost(model.size_bytes)
         ref = model.ref.canonical()
         if cost > limit:
-            msg = f"needs {format_bytes(cost)}, more than the whole budget of {format_bytes(limit)}"
+            msg = f"needs {format_bytes(cost)}, more than the whole budget of {limit_text}"
             skips.append(Skip(ref, SkipReason.TOO_LARGE, msg, model.sources))
             continue
         room = _make_room(pool, projected + cost - limit)
         if room is None:
-            skips.append(Skip(ref, SkipReason.BUDGET, _budget_message(cost, projected, limit), model.sources))
+            skips.append(
+                Skip(
+                    ref, SkipReason.BUDGET, _budget_message(cost, projected, limit_text, limit), model.sources
+                )
+            )
             continue
+        del pool[: len(room)]  # _make_room takes the oldest candidates: a prefix of the pool
         for candidate in room:
-            pool.remove(candidate)
             evictions.append(_evict(candidate, EvictionReason.MAKE_ROOM))
             projected -= candidate.managed.cost_bytes
         pulls.append(Pull(model, cost))
@@ -174,9 +180,9 @@ def _evict(candidate: _Candidate, reason: EvictionReason) -> Eviction:
     return Eviction(candidate.image.id, refs, reason, candidate.managed.cost_bytes)
 
 
-def _budget_message(cost: int, projected: int, limit: int) -> str:
+def _budget_message(cost: int, projected: int, limit_text: str, limit: int) -> str:
     free = max(limit - projected, 0)
     return (
         f"needs {format_bytes(cost)} on the image filesystem, "
-        f"{format_bytes(free)} free under the budget of {format_bytes(limit)}"
+        f"{format_bytes(free)} free under the budget of {limit_text}"
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cached_property
 
 from prefetcher.errors import InvalidReferenceError
 
@@ -47,6 +48,11 @@ class ImageRef:
 
     def canonical(self) -> str:
         """The form containerd reports in ``repo_digests``/``repo_tags``: digest wins over tag."""
+        return self._canonical
+
+    @cached_property
+    def _canonical(self) -> str:
+        # Cached: the planner asks for it many times per model on large nodes.
         if self.digest:
             return f"{self.name}@{self.digest}"
         return f"{self.name}:{self.tag or DEFAULT_TAG}"
