@@ -135,6 +135,7 @@ def _source(
     # Imported here: the Kubernetes client costs ~18 MiB and 0.3 s that a models-file node never needs.
     from prefetcher.adapters.kube import IsvcModelSource  # noqa: PLC0415
     from prefetcher.adapters.kube_api import EventRecorder, KubeEventSink, api_client  # noqa: PLC0415
+    from prefetcher.adapters.node_status import NodeSummary  # noqa: PLC0415
     from prefetcher.adapters.node_taint import StartupTaint  # noqa: PLC0415
 
     api = api_client(kubeconfig=args.kubeconfig)
@@ -164,7 +165,13 @@ def _source(
         clock=SystemClock(),
     )
     events = KubeEventSink(recorder=recorder, resolve=source.object_for)
-    return source, events, source.stop, taint.after_pass
+    publisher = NodeSummary(api, node_name=args.node_name)
+
+    def after_pass(*, settled: bool, summary: dict[str, Any]) -> None:
+        taint.after_pass(settled=settled)
+        publisher.publish(summary)
+
+    return source, events, source.stop, after_pass
 
 
 def _run_agent(args: argparse.Namespace) -> int:

@@ -33,7 +33,7 @@ class StartupTaint:
         self._clock = clock
         self.removed = not key
 
-    def after_pass(self, *, settled: bool) -> None:
+    def after_pass(self, *, settled: bool, **_: object) -> None:
         """Remove the taint when ``settled`` (nothing left to pull) or past the deadline."""
         if self.removed:
             return

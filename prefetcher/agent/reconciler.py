@@ -73,6 +73,7 @@ class Reconciler:
         self._resolver = Resolver(registry=registry, events=events, clock=clock.now)
         self._pulls = PullTracker(runtime=runtime, disk=disk, clock=clock, registry=registry)
         self._skipped: dict[str, SkipReason] = {}
+        self.last_error = ""
         self.report = PassReport()
         self.passes = 0
         self.healthy = False
@@ -151,6 +152,7 @@ class Reconciler:
             self.healthy = False
             self._metrics.reconcile_errors.labels(type(err).__name__).inc()
             log.error("reconcile pass failed: %s", err)
+            self.last_error = str(err)[:300]
             return str(err)
         self.passes += 1
         self.healthy = True
@@ -158,10 +160,26 @@ class Reconciler:
         if self._after_pass is not None:
             settled = not self._pulls.active and not self.report.plan.pulls
             try:
-                self._after_pass(settled=settled)
+                self._after_pass(settled=settled, summary=self.summary())
             except PrefetchError as err:
                 log.error("after-pass hook failed: %s", err)
         return None
+
+    def summary(self) -> dict[str, object]:
+        """What an operator wants at a glance: warm models and bytes, budget, pulls, skips, last error."""
+        plan = self.report.plan
+        skipped: dict[str, int] = {}
+        for skip in plan.skips:
+            skipped[skip.reason.value] = skipped.get(skip.reason.value, 0) + 1
+        return {
+            "warm": len(plan.warm),
+            "managedBytes": sum(m.cost_bytes for m in self._state.managed.values()),
+            "pulling": len(self._pulls.active),
+            "skipped": skipped,
+            "budgetBytes": plan.limit_bytes,
+            "usedBytes": plan.used_bytes,
+            "lastError": self.last_error,
+        }
 
     def _wait(self, stop: threading.Event, seconds: float, failed: dict[str, str] | None) -> None:
         """Watch pulls until one finishes (then re-plan at once) or ``seconds`` pass."""
@@ -209,6 +227,7 @@ class Reconciler:
         self._save(self._state)
         if failed is not None:
             failed[ref] = error
+        self.last_error = f"{ref}: {error}"[:300]
         self._metrics.pulls.labels("failed", reason).inc()
         log.error("pull failed: %s (%s, attempt %d): %s", ref, reason, failures, error)
         self._events.emit(sources, warning=True, reason="PrefetchFailed", message=f"{ref}: {error}")

@@ -88,6 +88,9 @@ def test_gpu_model_warms_only_on_the_gpu_node_with_events_and_the_taint_lifted(
 
     node = json.loads(apiserver.kubectl("get", "node", gpu_node, "-o", "json"))
     assert TAINT not in {t["key"] for t in node["spec"].get("taints") or []}
+    summary = json.loads(node["metadata"]["annotations"]["modelcar-prefetcher.io/summary"])
+    assert summary["warm"] == 1 and summary["pulling"] == 0 and summary["budgetBytes"] > 0, summary
+    assert summary["managedBytes"] >= image.size_bytes and summary["lastError"] == "", summary
     events = json.loads(apiserver.kubectl("get", "events", "-n", namespace, "-o", "json"))["items"]
     prefetched = [e for e in events if e["reason"] == "Prefetched" and e["involvedObject"]["name"] == "llm"]
     assert prefetched, events
