@@ -48,6 +48,7 @@ from prefetcher.webhook.handler import handle_review  # noqa: E402
 from prefetcher.webhook.metrics import WebhookMetrics  # noqa: E402
 from prefetcher.webhook.server import WebhookServer  # noqa: E402
 from prefetcher.webhook.tls import CertificateStore  # noqa: E402
+from tests.support.admission import admission_review  # noqa: E402
 
 KSERVE = "internal.serving.kserve.io/storage-initializer-sourceuri"
 MAX_SECONDS = 120
@@ -79,19 +80,8 @@ def review(uid: str) -> bytes:
             "serviceAccountName": "default",
         },
     }
-    document = {
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": uid,
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "operation": "CREATE",
-            "namespace": "models",
-            "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller"},
-            "object": pod,
-        },
-    }
+    user = {"username": "system:serviceaccount:kube-system:replicaset-controller"}
+    document = admission_review(pod, uid=uid, userInfo=user)
     return json.dumps(document).encode()
 
 

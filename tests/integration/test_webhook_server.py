@@ -36,6 +36,7 @@ from prefetcher.webhook.config import WebhookConfig
 from prefetcher.webhook.metrics import WebhookMetrics
 from prefetcher.webhook.server import WebhookServer, parse_listen, run_webhook
 from prefetcher.webhook.tls import CertificateStore
+from tests.support.admission import admission_review
 
 pytestmark = pytest.mark.integration
 
@@ -102,21 +103,11 @@ def _write_atomically(path: Path, data: bytes) -> None:
 
 def pod_review(uid: str, annotations: dict[str, str] | None = None) -> dict[str, Any]:
     """An AdmissionReview of a KServe predictor pod CREATE."""
-    return {
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": uid,
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "operation": "CREATE",
-            "namespace": "models",
-            "object": {
-                "metadata": {"annotations": {KSERVE: PINNED} if annotations is None else annotations},
-                "spec": {"containers": [{"name": "kserve-container", "image": "runtime:1"}]},
-            },
-        },
+    pod = {
+        "metadata": {"annotations": {KSERVE: PINNED} if annotations is None else annotations},
+        "spec": {"containers": [{"name": "kserve-container", "image": "runtime:1"}]},
     }
+    return admission_review(pod, uid=uid)
 
 
 @dataclass

@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from prefetcher.webhook.config import WebhookConfig
 from prefetcher.webhook.handler import OUTCOMES, handle_review
+from tests.support.admission import admission_review
 from tests.unit.test_webhook_jsonpatch import apply_patch
 
 CONFIG = WebhookConfig()
@@ -29,19 +30,7 @@ def pod_review(uid: str = "0b7c-uid", pod: Any = None, **request: Any) -> dict[s
             "metadata": {"name": "p", "annotations": {KSERVE: PINNED}},
             "spec": {"containers": [{"name": "kserve-container", "image": "runtime:1"}]},
         }
-    return {
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": uid,
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "operation": "CREATE",
-            "namespace": "default",
-            "object": pod,
-            **request,
-        },
-    }
+    return admission_review(pod, uid=uid, namespace="default", **request)
 
 
 def check_response(document: Any, outcome: str, *, uid: str | None = None) -> dict[str, Any]:
