@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
@@ -96,12 +97,12 @@ class Reconciler:
 
     def dry_run(self) -> Plan:
         """The plan a pass would carry out now, changing nothing."""
-        return self._decide(None)[0]
+        return self._decide(self._config(), None)[0]
 
     def reconcile(self, failed_this_run: dict[str, str] | None = None) -> PassReport:
         """One pass: resolve, plan, evict, start pulls. Raises PrefetchError when the runtime is down."""
         cfg = self._config()
-        plan, resolution, cached_refs, usage_ratio = self._decide(failed_this_run)
+        plan, resolution, cached_refs, usage_ratio = self._decide(cfg, failed_this_run)
         for ref, error, sources in resolution.failures:
             self._record_failure(ref, error, sources, failed_this_run)
         self._remember(resolution.desired, cached_refs, self._clock.now())
@@ -114,9 +115,8 @@ class Reconciler:
         return self.report
 
     def _decide(
-        self, failed_this_run: dict[str, str] | None
+        self, cfg: Config, failed_this_run: dict[str, str] | None
     ) -> tuple[Plan, Resolution, frozenset[str], float]:
-        cfg = self._config()
         now = self._clock.now()
         cached = self._runtime.list_images()
         cached_refs = frozenset(r for image in cached for r in image.refs)
@@ -168,14 +168,11 @@ class Reconciler:
     def summary(self) -> dict[str, object]:
         """What an operator wants at a glance: warm models and bytes, budget, pulls, skips, last error."""
         plan = self.report.plan
-        skipped: dict[str, int] = {}
-        for skip in plan.skips:
-            skipped[skip.reason.value] = skipped.get(skip.reason.value, 0) + 1
         return {
             "warm": len(plan.warm),
             "managedBytes": sum(m.cost_bytes for m in self._state.managed.values()),
             "pulling": len(self._pulls.active),
-            "skipped": skipped,
+            "skipped": dict(_skip_counts(plan)),
             "budgetBytes": plan.limit_bytes,
             "usedBytes": plan.used_bytes,
             "lastError": self.last_error,
@@ -184,9 +181,9 @@ class Reconciler:
     def _wait(self, stop: threading.Event, seconds: float, failed: dict[str, str] | None) -> None:
         """Watch pulls until one finishes (then re-plan at once) or ``seconds`` pass."""
         deadline = self._clock.monotonic() + seconds
+        stall_seconds = self._config().pull.stall_seconds  # a reload takes effect at the next pass
         while not stop.is_set() and self._clock.monotonic() < deadline:
-            cfg = self._config()
-            finished = self._pulls.poll(stall_seconds=cfg.pull.stall_seconds)
+            finished = self._pulls.poll(stall_seconds=stall_seconds)
             for outcome in finished:
                 if outcome.error is None:
                     self._record_success(outcome)
@@ -274,8 +271,9 @@ class Reconciler:
         m.models.labels("pulling").set(len(self._pulls.active))
         m.models.labels("pending").set(max(len(plan.pulls) - len(self._pulls.active), 0))
         m.models.labels("skipped").set(len(plan.skips))
+        counts = _skip_counts(plan)
         for reason in SkipReason:
-            m.skipped.labels(reason.value).set(sum(1 for s in plan.skips if s.reason is reason))
+            m.skipped.labels(reason.value).set(counts[reason.value])
         self._announce_skips(plan.skips)
 
     def _announce_skips(self, skips: tuple[Skip, ...]) -> None:
@@ -298,3 +296,8 @@ def _budget(cfg: Config) -> Budget:
         cfg.eviction.enabled,
         cfg.eviction.grace_seconds,
     )
+
+
+def _skip_counts(plan: Plan) -> Counter[str]:
+    """Skipped models of ``plan`` by reason."""
+    return Counter(skip.reason.value for skip in plan.skips)
