@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
 import http.client
-import ipaddress
 import json
 import logging
 import queue
@@ -37,10 +35,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from cryptography import x509  # noqa: E402
-from cryptography.hazmat.primitives import hashes, serialization  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
-from cryptography.x509.oid import NameOID  # noqa: E402
 from prometheus_client import CollectorRegistry  # noqa: E402
 
 from prefetcher.webhook.config import WebhookConfig  # noqa: E402
@@ -49,6 +43,7 @@ from prefetcher.webhook.metrics import WebhookMetrics  # noqa: E402
 from prefetcher.webhook.server import WebhookServer  # noqa: E402
 from prefetcher.webhook.tls import CertificateStore  # noqa: E402
 from tests.support.admission import admission_review  # noqa: E402
+from tests.support.pki import Pki  # noqa: E402
 
 KSERVE = "internal.serving.kserve.io/storage-initializer-sourceuri"
 MAX_SECONDS = 120
@@ -87,48 +82,9 @@ def review(uid: str) -> bytes:
 
 def make_certificate(directory: Path) -> tuple[Path, Path, Path]:
     """A CA and a serving certificate for 127.0.0.1: (ca, cert, key) paths."""
-    now = datetime.datetime.now(datetime.UTC)
-
-    def build(
-        subject: str, issuer: x509.Name, public_key: ec.EllipticCurvePublicKey
-    ) -> x509.CertificateBuilder:
-        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
-        return (
-            x509.CertificateBuilder()
-            .subject_name(name)
-            .issuer_name(issuer if issuer is not None else name)
-            .public_key(public_key)
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(days=1))
-        )
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bench-ca")])
-    ca = (
-        build("bench-ca", ca_name, ca_key.public_key())
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    san = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
-    cert = (
-        build("127.0.0.1", ca.subject, key.public_key())
-        .add_extension(san, critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    paths = directory / "ca.crt", directory / "tls.crt", directory / "tls.key"
-    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    paths[2].write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    return paths
-
-
-# --- servers, each run in a child process: `--serve webhook|baseline` -----------------------------
+    pki = Pki.create(directory)
+    cert, key = pki.issue("tls", common_name="127.0.0.1", sans=("127.0.0.1",), server=True)
+    return pki.ca_file, cert, key
 
 
 def serve_webhook(cert: Path, key: Path) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import dataclasses
-import datetime
 import http.client
 import ipaddress
 import json
@@ -37,6 +36,7 @@ from prefetcher.webhook.metrics import WebhookMetrics
 from prefetcher.webhook.server import WebhookServer, parse_listen, run_webhook
 from prefetcher.webhook.tls import CertificateStore
 from tests.support.admission import admission_review
+from tests.support.pki import certificate_builder
 
 pytestmark = pytest.mark.integration
 
@@ -52,7 +52,7 @@ class WebhookCA:
         self.key = ec.generate_private_key(ec.SECP256R1())
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
         self.cert = (
-            _builder(subject, subject, self.key.public_key())
+            certificate_builder(subject, subject, self.key.public_key())
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
             .sign(self.key, hashes.SHA256())
         )
@@ -68,7 +68,7 @@ class WebhookCA:
         sans += [x509.DNSName(name) for name in names]
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
         cert = (
-            _builder(subject, self.cert.subject, key.public_key())
+            certificate_builder(subject, self.cert.subject, key.public_key())
             .add_extension(x509.SubjectAlternativeName(sans), critical=False)
             .sign(self.key, hashes.SHA256())
         )
@@ -80,19 +80,6 @@ class WebhookCA:
 
     def client_context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cadata=self.pem.decode())
-
-
-def _builder(subject: x509.Name, issuer: x509.Name, public_key: Any) -> x509.CertificateBuilder:
-    now = datetime.datetime.now(datetime.UTC)
-    return (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(issuer)
-        .public_key(public_key)
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-    )
 
 
 def _write_atomically(path: Path, data: bytes) -> None:
