@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import shutil
-import subprocess
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -15,36 +13,20 @@ import pytest
 import yaml
 
 from prefetcher.config import Config, KubernetesConfig, load_config, load_models, reference_table
+from tests.support.manifests import one, render
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 STARTUP_TAINT = "modelcar-prefetcher.io/warming"
 
 
-def _render(path: Path) -> list[dict[str, Any]]:
-    kubectl = shutil.which("kubectl") or "/usr/bin/kubectl"
-    if not Path(kubectl).exists():
-        pytest.fail("kubectl is needed to render the kustomize manifests and was not found")
-    result = subprocess.run(
-        [kubectl, "kustomize", str(path)], capture_output=True, text=True, timeout=60, check=False
-    )
-    assert result.returncode == 0, result.stderr
-    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
-
-
-def _one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
-    found = [d for d in docs if d["kind"] == kind]
-    assert len(found) == 1, f"expected one {kind}, found {len(found)}"
-    return found[0]
-
-
 @pytest.fixture(scope="module")
 def agent() -> list[dict[str, Any]]:
-    return _render(DEPLOY / "agent")
+    return render(DEPLOY / "agent")
 
 
 @pytest.fixture(scope="module")
 def config_data(agent: list[dict[str, Any]]) -> dict[str, str]:
-    configmap = _one(agent, "ConfigMap")
+    configmap = one(agent, "ConfigMap")
     assert configmap["metadata"]["name"] == "modelcar-prefetcher-config"
     data: dict[str, str] = configmap["data"]
     return data
@@ -52,7 +34,7 @@ def config_data(agent: list[dict[str, Any]]) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def pod(agent: list[dict[str, Any]]) -> dict[str, Any]:
-    spec: dict[str, Any] = _one(agent, "DaemonSet")["spec"]["template"]["spec"]
+    spec: dict[str, Any] = one(agent, "DaemonSet")["spec"]["template"]["spec"]
     return spec
 
 
@@ -104,7 +86,7 @@ def test_models_file_loads_empty(config_data: dict[str, str]) -> None:
 
 
 def test_cluster_role_is_least_privilege(agent: list[dict[str, Any]]) -> None:
-    rules = _one(agent, "ClusterRole")["rules"]
+    rules = one(agent, "ClusterRole")["rules"]
     for rule in rules:
         for field in ("apiGroups", "resources", "verbs"):
             assert "*" not in rule[field], rule
@@ -133,9 +115,9 @@ def test_no_role_in_the_base_reads_secrets(agent: list[dict[str, Any]]) -> None:
 def test_cluster_role_is_bound_to_the_agent_service_account(
     agent: list[dict[str, Any]], pod: dict[str, Any]
 ) -> None:
-    binding = _one(agent, "ClusterRoleBinding")
-    assert binding["roleRef"]["name"] == _one(agent, "ClusterRole")["metadata"]["name"]
-    account = _one(agent, "ServiceAccount")["metadata"]
+    binding = one(agent, "ClusterRoleBinding")
+    assert binding["roleRef"]["name"] == one(agent, "ClusterRole")["metadata"]["name"]
+    account = one(agent, "ServiceAccount")["metadata"]
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": account["name"], "namespace": account["namespace"]}
     ]
@@ -144,12 +126,12 @@ def test_cluster_role_is_bound_to_the_agent_service_account(
 
 def test_optional_pull_secrets_role_only_gets() -> None:
     docs = list(yaml.safe_load_all((DEPLOY / "agent/optional/pull-secrets-role.yaml").read_text()))
-    role = _one(docs, "Role")
+    role = one(docs, "Role")
     assert "namespace" not in role["metadata"], "applied with -n <namespace>, once per namespace"
     assert role["rules"] == [
         {"apiGroups": [""], "resources": ["serviceaccounts", "secrets"], "verbs": ["get"]}
     ]
-    binding = _one(docs, "RoleBinding")
+    binding = one(docs, "RoleBinding")
     assert binding["subjects"][0]["namespace"] == "modelcar-prefetcher"
 
 
@@ -215,15 +197,15 @@ def test_host_paths_match_the_config(
 
 
 def test_monitoring_scrapes_the_metrics_port() -> None:
-    docs = _render(DEPLOY / "agent/monitoring")
-    service = _one(docs, "Service")
+    docs = render(DEPLOY / "agent/monitoring")
+    service = one(docs, "Service")
     assert service["spec"]["ports"][0]["name"] == "metrics"
     assert service["spec"]["ports"][0]["port"] == 8080
-    monitor = _one(docs, "ServiceMonitor")
+    monitor = one(docs, "ServiceMonitor")
     assert monitor["spec"]["selector"]["matchLabels"] == service["spec"]["selector"]
     assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
 
 
 def test_top_level_kustomization_renders_the_agent() -> None:
-    docs = _render(DEPLOY)
-    assert _one(docs, "DaemonSet")["metadata"]["name"] == "modelcar-prefetcher"
+    docs = render(DEPLOY)
+    assert one(docs, "DaemonSet")["metadata"]["name"] == "modelcar-prefetcher"

@@ -2,36 +2,17 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
-import yaml
 
 from prefetcher.webhook.config import WebhookConfig, load_webhook_config
+from tests.support.manifests import one, render
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "webhook"
 NAMESPACE = "modelcar-prefetcher"
 SYSTEM_NAMESPACES = {"kube-system", "kube-public", "kube-node-lease", NAMESPACE}
-
-
-def render(path: Path) -> list[dict[str, Any]]:
-    kubectl = shutil.which("kubectl") or "/usr/bin/kubectl"
-    if not Path(kubectl).exists():
-        pytest.fail("kubectl is needed to render the kustomize manifests and was not found")
-    result = subprocess.run(
-        [kubectl, "kustomize", str(path)], capture_output=True, text=True, timeout=60, check=False
-    )
-    assert result.returncode == 0, result.stderr
-    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
-
-
-def one(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
-    found = [d for d in docs if d["kind"] == kind and name in (None, d["metadata"]["name"])]
-    assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
-    return found[0]
 
 
 @pytest.fixture(scope="module")
