@@ -122,8 +122,10 @@ class FakeRuntime:
         pull.outcome = new_id
 
     def remove_image(self, image_id: str) -> None:
-        """Remove and free its bytes."""
-        image = self.images.pop(image_id)
+        """Remove and free its bytes; an absent image is no error, as with CRI ``RemoveImage``."""
+        image = self.images.pop(image_id, None)
+        if image is None:
+            return
         self.disk.used_bytes -= self.sizes.get(next(iter(image.repo_digests), ""), 0)
         self.removed.append(image_id)
 
