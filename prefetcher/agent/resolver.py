@@ -11,6 +11,7 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from prefetcher.core.backoff import retry_note
 from prefetcher.core.model import DesiredModel, ModelRequest, Skip, SkipReason
 from prefetcher.core.refs import ImageRef, parse_reference
 from prefetcher.errors import InvalidReferenceError, RegistryError
@@ -80,7 +81,7 @@ class Resolver:
                     Skip(
                         key,
                         SkipReason.BACKOFF,
-                        f"last lookup failed; retry in {wait:.0f}s",
+                        retry_note("lookup", wait),
                         (request.source,),
                     )
                 )

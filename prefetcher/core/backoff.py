@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -20,3 +21,13 @@ class BackoffPolicy:
         raw = min(self.base_seconds * 2.0 ** min(failures - 1, 62), self.max_seconds)
         jitter = raw * self.jitter_fraction * (2 * draw - 1)
         return max(0.0, min(raw + jitter, self.max_seconds))
+
+
+def retry_note(attempt: str, wait: float) -> str:
+    """Why a model waits: ``attempt`` ("lookup", "attempt") failed, and when it is tried again.
+
+    An infinite wait means the model failed earlier in a one-shot run, which does not retry it.
+    """
+    if math.isinf(wait):
+        return f"last {attempt} failed earlier in this run; not retried until the next run"
+    return f"last {attempt} failed; retry in {wait:.0f}s"

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from prefetcher.core.backoff import retry_note
 from prefetcher.core.model import (
     Budget,
     CachedImage,
@@ -119,9 +120,7 @@ def _classify(
             skips.append(Skip(ref, SkipReason.IN_FLIGHT, "pull in progress", model.sources))
         elif backoff_until.get(ref, 0.0) > now:
             wait = backoff_until[ref] - now
-            skips.append(
-                Skip(ref, SkipReason.BACKOFF, f"last attempt failed; retry in {wait:.0f}s", model.sources)
-            )
+            skips.append(Skip(ref, SkipReason.BACKOFF, retry_note("attempt", wait), model.sources))
         else:
             pending.append(model)
     return warm, pending, skips

@@ -3,7 +3,7 @@
 from hypothesis import given
 from hypothesis import strategies as st
 
-from prefetcher.core.backoff import BackoffPolicy
+from prefetcher.core.backoff import BackoffPolicy, retry_note
 
 
 def test_doubles_from_the_base_without_jitter() -> None:
@@ -20,3 +20,10 @@ def test_jitter_stays_within_fraction_and_cap(failures: int, draw: float) -> Non
         return
     raw = min(30 * 2.0 ** min(failures - 1, 62), 1800)
     assert 0.8 * raw - 1e-9 <= delay <= min(1.2 * raw, 1800) + 1e-9
+
+
+def test_retry_note_names_the_wait_or_says_a_one_shot_run_does_not_retry() -> None:
+    assert retry_note("lookup", 59.6) == "last lookup failed; retry in 60s"
+    assert retry_note("attempt", float("inf")) == (
+        "last attempt failed earlier in this run; not retried until the next run"
+    )
