@@ -389,11 +389,10 @@ def _start_apiserver(assets: Path, workdir: Path, pki: Pki, etcd_url: str) -> Ap
     return _retry_port_clash(attempt)
 
 
-@pytest.fixture(scope="session")
-def apiserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
-    """A session-wide kube-apiserver + etcd on loopback, torn down at the end of the session."""
+@contextlib.contextmanager
+def start_control_plane(workdir: Path) -> Iterator[ApiServer]:
+    """etcd and kube-apiserver on loopback under ``workdir``; both stopped when the block exits."""
     assets = resolve_assets_dir()
-    workdir = tmp_path_factory.mktemp("apiserver")
     pki = Pki.create(workdir / "pki")
     with contextlib.ExitStack() as cleanup:
         etcd, etcd_url = _start_etcd(assets, workdir)
@@ -403,12 +402,24 @@ def apiserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
         yield server
 
 
-@pytest.fixture(scope="session")
-def isvc_crd(apiserver: ApiServer) -> str:
-    """Install the KServe InferenceService CRD and wait until it is Established."""
+def install_isvc_crd(apiserver: ApiServer) -> str:
+    """Install the KServe InferenceService CRD, wait until it is Established; return its name."""
     name = "inferenceservices.serving.kserve.io"
     apiserver.kubectl("apply", "-f", str(CRD_DIR / "inferenceservice.yaml"))
     apiserver.kubectl(
         "wait", "--for=condition=Established", f"crd/{name}", f"--timeout={START_TIMEOUT_SECONDS}s"
     )
     return name
+
+
+@pytest.fixture(scope="session")
+def apiserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
+    """A session-wide kube-apiserver + etcd on loopback, torn down at the end of the session."""
+    with start_control_plane(tmp_path_factory.mktemp("apiserver")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def isvc_crd(apiserver: ApiServer) -> str:
+    """Install the KServe InferenceService CRD and wait until it is Established."""
+    return install_isvc_crd(apiserver)
