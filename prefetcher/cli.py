@@ -26,6 +26,7 @@ from prefetcher.adapters.registry import HttpRegistry, read_docker_config
 from prefetcher.agent.health import HealthServer, parse_address
 from prefetcher.agent.reconciler import Reconciler
 from prefetcher.agent.runtime_support import LogEvents, SystemClock, configure_logging
+from prefetcher.agent.sources import MergedSource
 from prefetcher.config import Config, load_config, load_models
 from prefetcher.core.model import Plan
 from prefetcher.core.state import AgentState
@@ -57,6 +58,11 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--config", type=Path, required=True, help="YAML config (the ConfigMap's agent.yaml)")
         p.add_argument(
             "--models", type=Path, help="models file to keep warm; without it, follow InferenceServices"
+        )
+        p.add_argument(
+            "--inferenceservices",
+            action="store_true",
+            help="follow InferenceServices for this node even with --models (then both are kept warm)",
         )
         p.add_argument(
             "--node-name", default=os.environ.get("NODE_NAME", ""), help="this node (default $NODE_NAME)"
@@ -126,10 +132,12 @@ def _wire(
 def _source(
     args: argparse.Namespace, cfg: Config, on_reload: Callable[[str, str], None]
 ) -> tuple[ModelSource, EventSink, Callable[[], None], Callable[..., None] | None]:
-    """The models file, or InferenceServices for this node; its event sink, stop and after-pass hook."""
+    """The models file and/or InferenceServices for this node; its event sink, stop and after-pass hook."""
+    listed = None
     if args.models is not None:
-        models = WatchedFile(args.models, load_models, on_reload=on_reload)
-        return FileModelSource(models), LogEvents(), lambda: None, None
+        listed = FileModelSource(WatchedFile(args.models, load_models, on_reload=on_reload))
+        if not args.inferenceservices:
+            return listed, LogEvents(), lambda: None, None
     if not args.node_name:
         raise ConfigError("--node-name (or $NODE_NAME) is required to follow InferenceServices")
     # Imported here: the Kubernetes client costs ~18 MiB and 0.3 s that a models-file node never needs.
@@ -171,7 +179,9 @@ def _source(
         taint.after_pass(settled=settled)
         publisher.publish(summary)
 
-    return source, events, source.stop, after_pass
+    # Models of the file are nobody's InferenceService: their Events go to this Node.
+    merged: ModelSource = source if listed is None else MergedSource(listed, source)
+    return merged, events, source.stop, after_pass
 
 
 def _run_agent(args: argparse.Namespace) -> int:

@@ -26,7 +26,12 @@ TAINT = "modelcar-prefetcher.io/warming"
 
 
 def run_agent(
-    apiserver: ApiServer, containerd: RunningContainerd, registry: RunningRegistry, workdir: Path, node: str
+    apiserver: ApiServer,
+    containerd: RunningContainerd,
+    registry: RunningRegistry,
+    workdir: Path,
+    node: str,
+    *extra: str,
 ) -> subprocess.CompletedProcess[str]:
     config = workdir / f"agent-{node}.yaml"
     config.write_text(
@@ -53,6 +58,7 @@ def run_agent(
         node,
         "--kubeconfig",
         str(apiserver.kubeconfig),
+        *extra,
     ]
     return subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
 
@@ -95,3 +101,29 @@ def test_gpu_model_warms_only_on_the_gpu_node_with_events_and_the_taint_lifted(
     prefetched = [e for e in events if e["reason"] == "Prefetched" and e["involvedObject"]["name"] == "llm"]
     assert prefetched, events
     assert image.ref in prefetched[0]["message"]
+
+
+def test_the_models_file_is_kept_warm_beside_inferenceservices(
+    apiserver: ApiServer,
+    isvc_crd: str,
+    containerd: RunningContainerd,
+    registry: RunningRegistry,
+    tmp_path: Path,
+) -> None:
+    served = push_modelcar(registry, "models/cluster-served", model_size_bytes=1024**2, seed=78)
+    listed = push_modelcar(registry, "models/cluster-listed", model_size_bytes=1024**2, seed=79)
+    namespace = unique("ns")
+    apiserver.create_namespace(namespace)
+    node = create_node(apiserver)
+    apply_isvc(apiserver, namespace, "served", {"model": {"storageUri": served.uri}})
+    models = tmp_path / "models.yaml"
+    models.write_text(json.dumps({"models": [{"uri": listed.uri, "priority": 5}]}))
+
+    result = run_agent(
+        apiserver, containerd, registry, tmp_path, node, "--models", str(models), "--inferenceservices"
+    )
+    assert result.returncode == 0, result.stderr
+    assert {served.ref, listed.ref} <= cached(containerd), result.stdout
+    events = json.loads(apiserver.kubectl("get", "events", "-A", "-o", "json"))["items"]
+    on_node = [e for e in events if e["reason"] == "Prefetched" and e["involvedObject"]["kind"] == "Node"]
+    assert any(listed.ref in e["message"] and e["involvedObject"]["name"] == node for e in on_node), events

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
+from prefetcher.cli import _parser
 from prefetcher.config import Config, KubernetesConfig, load_config, load_models, reference_table
 from tests.support.manifests import one, render
 
@@ -176,6 +177,12 @@ def test_config_is_a_configmap_volume_so_edits_propagate(
     assert _volumes(pod)["config"]["configMap"]["name"] == "modelcar-prefetcher-config"
     assert "--config=/etc/modelcar-prefetcher/agent.yaml" in container["args"]
     assert "--models=/etc/modelcar-prefetcher/models.yaml" in container["args"]
+
+
+def test_the_daemonset_follows_inferenceservices_and_the_models_file(container: dict[str, Any]) -> None:
+    args = _parser().parse_args(container["args"])
+    assert args.inferenceservices, "with --models alone the agent would ignore InferenceServices"
+    assert args.models == Path("/etc/modelcar-prefetcher/models.yaml")
 
 
 def test_host_paths_match_the_config(
