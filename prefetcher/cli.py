@@ -21,8 +21,9 @@ from prometheus_client import CollectorRegistry
 from prefetcher import __version__
 from prefetcher.adapters.cri import CriImageRuntime, detect_endpoint
 from prefetcher.adapters.disk import StatvfsDisk
+from prefetcher.adapters.docker_config import read_docker_config
 from prefetcher.adapters.files import FileModelSource, StateFile, WatchedFile
-from prefetcher.adapters.registry import HttpRegistry, read_docker_config
+from prefetcher.adapters.registry import HttpRegistry
 from prefetcher.agent.health import HealthServer, parse_address
 from prefetcher.agent.reconciler import Reconciler
 from prefetcher.agent.runtime_support import LogEvents, SystemClock, configure_logging

@@ -53,6 +53,11 @@ class RegistryError(PrefetchError):
         )
 
 
+class CredentialsError(PrefetchError):
+    """A workload's registry credentials could not be read: its ServiceAccount or a pull secret is
+    missing, not readable by the agent, or malformed. The message names them, never a secret."""
+
+
 class StateError(PrefetchError):
     """The agent's state file could not be read or written."""
 

@@ -70,11 +70,21 @@ class ImageRuntime(Protocol):
 class Registry(Protocol):
     """An OCI distribution registry, asked before a pull."""
 
-    def resolve(self, ref: ImageRef) -> ResolvedImage:
-        """Pin ``ref`` to a digest and sum the layer sizes for this node's platform."""
+    def resolve(self, ref: ImageRef, *, credentials: Credentials | None = None) -> ResolvedImage:
+        """Pin ``ref`` to a digest and sum the layer sizes; ``credentials`` replace the configured ones."""
 
     def credentials_for(self, registry: str) -> Credentials | None:
         """Credentials configured for a registry host, if any."""
+
+
+class PullSecrets(Protocol):
+    """Registry credentials of the workloads that want a model (their image pull secrets)."""
+
+    def credentials_for(self, registry: str, sources: tuple[str, ...]) -> Credentials | None:
+        """Credentials for ``registry`` of the first of ``sources`` that has some; else None.
+
+        Raises ``CredentialsError`` when none were found and some source's secrets could not be read.
+        """
 
 
 class ModelSource(Protocol):

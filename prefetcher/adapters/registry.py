@@ -22,6 +22,7 @@ from typing import Any
 
 import urllib3
 
+from prefetcher.adapters.docker_config import server_host
 from prefetcher.core.refs import ImageRef
 from prefetcher.errors import ConfigError, RegistryError
 from prefetcher.ports import Credentials, ResolvedImage
@@ -36,7 +37,6 @@ INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_LIST})
 ACCEPT = ", ".join((OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST))
 # docker.io is a name, not an API endpoint; docker and containerd talk to this host instead.
 DOCKER_HUB_HOSTS = {"docker.io": "registry-1.docker.io"}
-_DOCKER_HUB_ALIASES = ("index.docker.io", "registry-1.docker.io", "registry.hub.docker.com")
 _DEFAULT_VARIANTS = {"arm64": "v8", "arm": "v7", "amd64": "v1"}
 _PARAM = re.compile(r'([\w.-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
 
@@ -60,45 +60,6 @@ def parse_challenge(header: str) -> Challenge | None:
         for m in _PARAM.finditer(rest)
     }
     return Challenge(scheme.lower(), params)
-
-
-def server_host(server: str) -> str:
-    """The registry host a ``config.json`` key names (``https://index.docker.io/v1/`` -> docker.io)."""
-    host = re.sub(r"^[a-z]+://", "", server.strip()).split("/", 1)[0].lower()
-    return "docker.io" if host in _DOCKER_HUB_ALIASES else host
-
-
-def parse_docker_config(text: str) -> dict[str, Credentials]:
-    """Credentials per registry host from a docker ``config.json`` (``auths`` only)."""
-    try:
-        auths = json.loads(text).get("auths") or {}
-    except (ValueError, AttributeError) as err:
-        raise ConfigError(f"docker config: not a JSON object: {err}") from err
-    found: dict[str, Credentials] = {}
-    for server, entry in auths.items():
-        if not isinstance(entry, dict):
-            raise ConfigError(f"docker config: auths.{server} is not an object")
-        username, password = str(entry.get("username", "")), str(entry.get("password", ""))
-        if entry.get("auth"):
-            try:
-                decoded = base64.b64decode(str(entry["auth"]), validate=True).decode()
-            except ValueError as err:  # binascii.Error and UnicodeDecodeError
-                # The value is a secret: name the key, not the value.
-                raise ConfigError(f"docker config: auths.{server}.auth is not base64") from err
-            username, _, password = decoded.partition(":")
-        creds = Credentials(username, password, str(entry.get("identitytoken", "")))
-        if creds != Credentials():
-            found[server_host(server)] = creds
-    return found
-
-
-def read_docker_config(path: str | Path) -> dict[str, Credentials]:
-    """``parse_docker_config`` of a file."""
-    try:
-        text = Path(path).read_text()
-    except OSError as err:
-        raise ConfigError(f"docker config {str(path)!r}: cannot read: {err.strerror}") from err
-    return parse_docker_config(text)
 
 
 def _variant_rank(arch: str, variant: str) -> int | None:
@@ -160,7 +121,7 @@ class HttpRegistry:
         self._platform = platform
         self._credentials = {server_host(host): c for host, c in (credentials or {}).items()}
         self._insecure = frozenset(insecure)
-        self._auth: dict[tuple[str, str], str] = {}
+        self._auth: dict[tuple[str, str, Credentials | None], str] = {}
         context = ssl.create_default_context()
         if ca_file:
             try:
@@ -181,9 +142,13 @@ class HttpRegistry:
         """Credentials configured for a registry host, if any."""
         return self._credentials.get(server_host(registry))
 
-    def resolve(self, ref: ImageRef) -> ResolvedImage:
-        """Pin ``ref`` to a digest and sum config and layer sizes for this node's platform."""
-        document, media_type, digest = self._manifest(ref, ref.digest or ref.tag or "latest")
+    def resolve(self, ref: ImageRef, *, credentials: Credentials | None = None) -> ResolvedImage:
+        """Pin ``ref`` to a digest and sum config and layer sizes for this node's platform.
+
+        ``credentials`` (a workload's pull secret) replace the configured ones for this call.
+        """
+        creds = credentials if credentials is not None else self.credentials_for(ref.registry)
+        document, media_type, digest = self._manifest(ref, ref.digest or ref.tag or "latest", creds)
         if ref.digest and digest != ref.digest:
             raise RegistryError(f"{self._where(ref)}: manifest {ref.digest} has digest {digest}")
         platform = ""
@@ -193,7 +158,7 @@ class HttpRegistry:
             except LookupError as err:
                 raise RegistryError(f"{self._where(ref)}@{digest}: {err}", status=404) from err
             platform = _platform_name(entry.get("platform") or {})
-            document, media_type, _ = self._manifest(ref, str(entry["digest"]))
+            document, media_type, _ = self._manifest(ref, str(entry["digest"]), creds)
         if media_type in INDEX_TYPES or "config" not in document:
             raise RegistryError(f"{self._where(ref)}: unsupported manifest type {media_type!r}")
         sizes = [document["config"].get("size", 0)] + [x.get("size", 0) for x in document["layers"]]
@@ -203,12 +168,14 @@ class HttpRegistry:
     def _where(self, ref: ImageRef) -> str:
         return f"registry {ref.registry} repository {ref.repository}"
 
-    def _manifest(self, ref: ImageRef, reference: str) -> tuple[dict[str, Any], str, str]:
+    def _manifest(
+        self, ref: ImageRef, reference: str, creds: Credentials | None
+    ) -> tuple[dict[str, Any], str, str]:
         """Parsed body, media type and digest of a manifest or index."""
         scheme = "http" if ref.registry in self._insecure else "https"
         host = DOCKER_HUB_HOSTS.get(ref.registry, ref.registry)
         url = f"{scheme}://{host}/v2/{ref.repository}/manifests/{reference}"
-        answer = self._send(ref, url, {"Accept": ACCEPT}, what=f"manifest {reference}")
+        answer = self._send(ref, url, {"Accept": ACCEPT}, what=f"manifest {reference}", creds=creds)
         try:
             document = dict(json.loads(answer.data))
         except (ValueError, TypeError) as err:
@@ -220,15 +187,16 @@ class HttpRegistry:
         return document, str(media_type).split(";")[0].strip(), digest
 
     def _send(
-        self, ref: ImageRef, url: str, headers: Mapping[str, str], *, what: str
+        self, ref: ImageRef, url: str, headers: Mapping[str, str], *, what: str, creds: Credentials | None
     ) -> urllib3.BaseHTTPResponse:
         """GET with the cached authorization; on 401 answer the challenge once and retry."""
-        key = (ref.registry, ref.repository)
+        # Keyed by the credentials too: one namespace's token must never serve another's lookup.
+        key = (ref.registry, ref.repository, creds)
         cached = self._auth.get(key, "")
         answer = self._request(ref, "GET", url, {**headers, "Authorization": cached} if cached else headers)
         if answer.status == 401:
             challenge = parse_challenge(answer.headers.get("WWW-Authenticate", ""))
-            self._auth[key] = self._authorize(ref, challenge, answer)
+            self._auth[key] = self._authorize(ref, challenge, answer, creds)
             answer = self._request(ref, "GET", url, {**headers, "Authorization": self._auth[key]})
         if answer.status >= 400:
             self._auth.pop(key, None)
@@ -236,9 +204,14 @@ class HttpRegistry:
             raise RegistryError(f"{self._where(ref)}: {what}: {detail}", status=answer.status)
         return answer
 
-    def _authorize(self, ref: ImageRef, challenge: Challenge | None, answer: urllib3.BaseHTTPResponse) -> str:
+    def _authorize(
+        self,
+        ref: ImageRef,
+        challenge: Challenge | None,
+        answer: urllib3.BaseHTTPResponse,
+        creds: Credentials | None,
+    ) -> str:
         """The Authorization value that answers ``challenge``; RegistryError(401) if none can."""
-        creds = self.credentials_for(ref.registry)
         if challenge and challenge.scheme == "bearer" and challenge.params.get("realm"):
             return f"Bearer {self._token(ref, challenge.params, creds)}"
         if challenge and challenge.scheme == "basic" and creds and creds.username:

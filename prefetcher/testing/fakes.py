@@ -51,6 +51,7 @@ class FakePull:
     ref: str
     outcome: str | Exception | None = None
     cancelled: bool = False
+    credentials: Credentials | None = None
 
     def done(self) -> bool:
         """Finished, failed or cancelled."""
@@ -105,7 +106,7 @@ class FakeRuntime:
     def start_pull(self, ref: str, *, credentials: Credentials | None, timeout_seconds: float) -> FakePull:
         """Pull, finishing at once unless held."""
         self._check()
-        pull = FakePull(ref)
+        pull = FakePull(ref, credentials=credentials)
         self.pulls.append(pull)
         if ref not in self.held:
             self.finish(pull)
@@ -142,13 +143,16 @@ class FakeRegistry:
     table: dict[str, ResolvedImage] = field(default_factory=dict)
     errors: dict[str, RegistryError] = field(default_factory=dict)
     lookups: list[str] = field(default_factory=list)
+    protected: dict[str, Credentials] = field(default_factory=dict)
 
-    def resolve(self, ref: ImageRef) -> ResolvedImage:
-        """Look the reference up."""
+    def resolve(self, ref: ImageRef, *, credentials: Credentials | None = None) -> ResolvedImage:
+        """Look the reference up; a ``protected`` one needs its credentials, as a registry would."""
         key = ref.canonical()
         self.lookups.append(key)
         if key in self.errors:
             raise self.errors[key]
+        if key in self.protected and credentials != self.protected[key]:
+            raise RegistryError(f"{key}: HTTP 401 unauthorized", status=401)
         if key not in self.table:
             raise RegistryError(f"{key}: manifest unknown", status=404)
         return self.table[key]

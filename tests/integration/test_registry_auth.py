@@ -26,7 +26,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from cryptography.x509.oid import NameOID
 
-from prefetcher.adapters.registry import HttpRegistry, read_docker_config
+from prefetcher.adapters.docker_config import read_docker_config
+from prefetcher.adapters.registry import HttpRegistry
 from prefetcher.core.refs import parse_reference
 from prefetcher.errors import RegistryError
 from prefetcher.ports import Credentials

@@ -10,14 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from prefetcher.adapters.registry import (
-    Challenge,
-    parse_challenge,
-    parse_docker_config,
-    read_docker_config,
-    select_platform,
-    server_host,
-)
+from prefetcher.adapters.docker_config import parse_docker_config, read_docker_config, server_host
+from prefetcher.adapters.registry import Challenge, parse_challenge, select_platform
 from prefetcher.errors import ConfigError
 from prefetcher.ports import Credentials
 
