@@ -12,9 +12,8 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from prometheus_client import CollectorRegistry
 
@@ -26,15 +25,14 @@ from prefetcher.adapters.files import FileModelSource, StateFile, WatchedFile
 from prefetcher.adapters.registry import HttpRegistry
 from prefetcher.agent.health import HealthServer, parse_address
 from prefetcher.agent.reconciler import Reconciler
+from prefetcher.agent.report import plan_document, print_plan
 from prefetcher.agent.runtime_support import LogEvents, SystemClock, configure_logging
 from prefetcher.agent.sources import MergedSource
 from prefetcher.config import Config, load_config, load_models
-from prefetcher.core.model import Plan
 from prefetcher.core.state import AgentState
-from prefetcher.core.units import format_bytes
 from prefetcher.errors import ConfigError, PrefetchError
 from prefetcher.metrics import Metrics
-from prefetcher.ports import EventSink, ModelSource
+from prefetcher.ports import EventSink, ModelSource, PullSecrets
 from prefetcher.webhook.server import run_webhook
 
 log = logging.getLogger("prefetcher")
@@ -104,6 +102,7 @@ def _wire(
     state: AgentState,
     save_state: Callable[[AgentState], None],
     after_pass: Callable[..., None] | None = None,
+    pull_secrets: PullSecrets | None = None,
 ) -> Reconciler:
     """Build the reconciler and its adapters from the configuration at start-up."""
     endpoint = cfg.cri_endpoint or detect_endpoint()
@@ -127,18 +126,27 @@ def _wire(
         save_state=save_state,
         draw=random.random,
         after_pass=after_pass,
+        pull_secrets=pull_secrets,
     )
 
 
-def _source(
-    args: argparse.Namespace, cfg: Config, on_reload: Callable[[str, str], None]
-) -> tuple[ModelSource, EventSink, Callable[[], None], Callable[..., None] | None]:
-    """The models file and/or InferenceServices for this node; its event sink, stop and after-pass hook."""
+class _Source(NamedTuple):
+    """A model source and what comes with it: its Events, stop, after-pass hook and pull secrets."""
+
+    models: ModelSource
+    events: EventSink
+    stop: Callable[[], None]
+    after_pass: Callable[..., None] | None = None
+    pull_secrets: PullSecrets | None = None
+
+
+def _source(args: argparse.Namespace, cfg: Config, on_reload: Callable[[str, str], None]) -> _Source:
+    """The models file and/or InferenceServices for this node, with what comes with them."""
     listed = None
     if args.models is not None:
         listed = FileModelSource(WatchedFile(args.models, load_models, on_reload=on_reload))
         if not args.inferenceservices:
-            return listed, LogEvents(), lambda: None, None
+            return _Source(listed, LogEvents(), lambda: None)
     if not args.node_name:
         raise ConfigError("--node-name (or $NODE_NAME) is required to follow InferenceServices")
     # Imported here: the Kubernetes client costs ~18 MiB and 0.3 s that a models-file node never needs.
@@ -146,6 +154,7 @@ def _source(
     from prefetcher.adapters.kube_api import EventRecorder, KubeEventSink, api_client  # noqa: PLC0415
     from prefetcher.adapters.node_status import NodeSummary  # noqa: PLC0415
     from prefetcher.adapters.node_taint import StartupTaint  # noqa: PLC0415
+    from prefetcher.adapters.pull_secrets import ServiceAccountPullSecrets  # noqa: PLC0415
 
     api = api_client(kubeconfig=args.kubeconfig)
     k = cfg.kubernetes
@@ -180,9 +189,12 @@ def _source(
         taint.after_pass(settled=settled)
         publisher.publish(summary)
 
+    secrets = None
+    if cfg.credentials.service_account_pull_secrets:
+        secrets = ServiceAccountPullSecrets(api, records=source.record, clock=SystemClock())
     # Models of the file are nobody's InferenceService: their Events go to this Node.
     merged: ModelSource = source if listed is None else MergedSource(listed, source)
-    return merged, events, source.stop, after_pass
+    return _Source(merged, events, source.stop, after_pass, secrets)
 
 
 def _run_agent(args: argparse.Namespace) -> int:
@@ -198,19 +210,20 @@ def _run_agent(args: argparse.Namespace) -> int:
     config = WatchedFile(args.config, load_config, on_reload=count)
     cfg = config.current()
     configure_logging(level=cfg.log_level, json_format=cfg.log_format == "json")
-    source, events, stop_source, after_pass = _source(args, cfg, count)
-    sinks.append(events)
+    source = _source(args, cfg, count)
+    sinks.append(source.events)
     state = StateFile(Path(cfg.state_file))
     # Hot reload: every pass reads the latest good config; endpoints and listen address need a restart.
     reconciler = _wire(
         cfg,
         config=config.current,
-        source=source,
-        events=events,
+        source=source.models,
+        events=source.events,
         metrics=metrics,
         state=state.load(),
         save_state=state.save,
-        after_pass=after_pass,
+        after_pass=source.after_pass,
+        pull_secrets=source.pull_secrets,
     )
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -229,9 +242,9 @@ def _run_agent(args: argparse.Namespace) -> int:
         code = reconciler.run(stop, once=args.once)
     finally:
         server.stop()
-        stop_source()
+        source.stop()
     if args.once:
-        _print_plan(reconciler.report.plan, failed=reconciler.report.failed)
+        print_plan(reconciler.report.plan, failed=reconciler.report.failed)
     return code
 
 
@@ -248,64 +261,25 @@ def _run_webhook(args: argparse.Namespace) -> int:
 def _run_plan(args: argparse.Namespace) -> int:
     cfg = load_config(args.config.read_text())
     configure_logging(level="warning", json_format=False)
-    source, _events, stop_source, _after_pass = _source(args, cfg, lambda *_: None)
+    source = _source(args, cfg, lambda *_: None)
     saved = StateFile(Path(cfg.state_file)).load()
     # A dry run writes nothing: no state, no Events (they go to the log).
     reconciler = _wire(
         cfg,
         config=lambda: cfg,
-        source=source,
+        source=source.models,
         events=LogEvents(),
         metrics=Metrics(CollectorRegistry()),
         state=saved,
         save_state=lambda _state: None,
+        pull_secrets=source.pull_secrets,
     )
     try:
         plan = reconciler.dry_run()
     finally:
-        stop_source()
+        source.stop()
     if args.output == "json":
-        print(json.dumps(_plan_doc(plan), indent=2, default=str))
+        print(json.dumps(plan_document(plan), indent=2, default=str))
     else:
-        _print_plan(plan, failed={})
+        print_plan(plan, failed={})
     return 0
-
-
-def _plan_doc(plan: Plan) -> dict[str, Any]:
-    return {
-        "limitBytes": plan.limit_bytes,
-        "usedBytes": plan.used_bytes,
-        "projectedBytes": plan.projected_bytes,
-        "pulls": [
-            {
-                "ref": p.model.ref.canonical(),
-                "priority": p.model.priority,
-                "costBytes": p.cost_bytes,
-                "sources": list(p.model.sources),
-            }
-            for p in plan.pulls
-        ],
-        "evictions": [asdict(e) for e in plan.evictions],
-        "skips": [{"ref": s.ref, "reason": s.reason.value, "message": s.message} for s in plan.skips],
-        "warm": [m.ref.canonical() for m in plan.warm],
-    }
-
-
-def _print_plan(plan: Plan, *, failed: dict[str, str]) -> None:
-    print(
-        f"image filesystem: {format_bytes(plan.used_bytes)} used, budget {format_bytes(plan.limit_bytes)}, "
-        f"projected {format_bytes(plan.projected_bytes)}"
-    )
-    for m in plan.warm:
-        print(f"  warm     {m.ref.canonical()}")
-    for p in plan.pulls:
-        print(
-            f"  pull     {p.model.ref.canonical()}  priority={p.model.priority}"
-            f"  ~{format_bytes(p.cost_bytes)}"
-        )
-    for e in plan.evictions:
-        print(f"  evict    {', '.join(e.refs)}  ({e.reason.value}, frees ~{format_bytes(e.freed_bytes)})")
-    for s in plan.skips:
-        print(f"  skip     {s.ref}  ({s.reason.value}) {s.message}")
-    for ref, error in failed.items():
-        print(f"  failed   {ref}  {error}")

@@ -99,6 +99,18 @@ class RegistriesConfig:
 
 
 @dataclass(frozen=True)
+class CredentialsConfig:
+    """Registry credentials beyond the node's own."""
+
+    service_account_pull_secrets: bool = _opt(
+        False,
+        "For a model of an InferenceService, also use its component's image pull secrets (its "
+        "`imagePullSecrets`, else its ServiceAccount's), read on demand; needs "
+        "`deploy/agent/optional/pull-secrets-role.yaml` bound in each such namespace.",
+    )
+
+
+@dataclass(frozen=True)
 class KubernetesConfig:
     """Where models come from in a cluster, and how the agent reports."""
 
@@ -152,6 +164,7 @@ class Config:
     pull: PullConfig = field(default_factory=PullConfig)
     eviction: EvictionConfig = field(default_factory=EvictionConfig)
     registries: RegistriesConfig = field(default_factory=RegistriesConfig)
+    credentials: CredentialsConfig = field(default_factory=CredentialsConfig)
     kubernetes: KubernetesConfig = field(default_factory=KubernetesConfig)
 
 

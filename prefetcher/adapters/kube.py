@@ -240,13 +240,20 @@ class IsvcModelSource:
         with self._lock:
             return self._node[0] if self._node else None
 
+    def record(self, source: str) -> IsvcModels | None:
+        """The record of the InferenceService a model ``source`` names, if it is one."""
+        if not source.startswith(ISVC_SOURCE_PREFIX):
+            return None
+        with self._lock:
+            return self._records.get(source.removeprefix(ISVC_SOURCE_PREFIX))
+
     def object_for(self, source: str) -> ObjectRef:
         """The object an Event about ``source`` belongs to: its InferenceService, else this node."""
-        with self._lock:
-            record = self._records.get(source.removeprefix(ISVC_SOURCE_PREFIX))
-            node_uid = self._node[1] if self._node else ""
-        if source.startswith(ISVC_SOURCE_PREFIX) and record is not None:
+        record = self.record(source)
+        if record is not None:
             return _isvc_ref(record)
+        with self._lock:
+            node_uid = self._node[1] if self._node else ""
         return ObjectRef("Node", self.node_name, "", node_uid)
 
     def _reset(self, namespace: str | None, records: list[IsvcModels]) -> None:

@@ -5,11 +5,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from prefetcher.agent.keychain import Keychain, Keys
 from prefetcher.config import Config
 from prefetcher.core.model import Pull
 from prefetcher.core.units import format_bytes
 from prefetcher.errors import PullFailedError, RuntimeUnavailableError
-from prefetcher.ports import Clock, DiskProbe, ImageRuntime, PullHandle, Registry
+from prefetcher.ports import Clock, DiskProbe, ImageRuntime, PullHandle
 
 log = logging.getLogger(__name__)
 
@@ -35,16 +36,17 @@ class _InFlight:
     last_progress: float
     used_at_start: int
     alone: bool
+    keys: Keys
 
 
 class PullTracker:
     """Open pull handles, keyed by canonical reference."""
 
-    def __init__(self, *, runtime: ImageRuntime, disk: DiskProbe, clock: Clock, registry: Registry) -> None:
+    def __init__(self, *, runtime: ImageRuntime, disk: DiskProbe, clock: Clock, keychain: Keychain) -> None:
         self._runtime = runtime
         self._disk = disk
         self._clock = clock
-        self._registry = registry
+        self._keychain = keychain
         self._active: dict[str, _InFlight] = {}
         self._last_used = 0
 
@@ -60,17 +62,17 @@ class PullTracker:
     def start(self, pull: Pull, cfg: Config) -> None:
         """Begin a pull; raises RuntimeUnavailableError when the runtime cannot be reached."""
         ref = pull.model.ref.canonical()
-        credentials = self._registry.credentials_for(pull.model.ref.registry)
+        keys = self._keychain.keys(pull.model.ref, pull.model.sources)
         # Measure before starting: a small pull may be done before start_pull returns.
         used = self._disk.usage().used_bytes
         handle = self._runtime.start_pull(
-            ref, credentials=credentials, timeout_seconds=cfg.pull.timeout_seconds
+            ref, credentials=keys.credentials, timeout_seconds=cfg.pull.timeout_seconds
         )
         now = self._clock.monotonic()
         self._last_used = max(self._last_used, used)
         for other in self._active.values():
             other.alone = False
-        self._active[ref] = _InFlight(pull, handle, now, now, used, alone=not self._active)
+        self._active[ref] = _InFlight(pull, handle, now, now, used, alone=not self._active, keys=keys)
         log.info(
             "pulling %s (priority %d, about %s on disk) for %s",
             ref,
@@ -116,5 +118,5 @@ class PullTracker:
 
     @staticmethod
     def _outcome(flight: _InFlight, now: float, *, error: str, reason: str) -> PullOutcome:
-        model = flight.pull.model
+        model, error = flight.pull.model, flight.keys.explain(error)
         return PullOutcome(model.ref.canonical(), model.sources, "", 0, now - flight.started, error, reason)

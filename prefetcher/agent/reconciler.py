@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 from prefetcher.agent.executor import PullOutcome, PullTracker
+from prefetcher.agent.keychain import Keychain
 from prefetcher.agent.resolver import Resolution, Resolver
 from prefetcher.config import Config
 from prefetcher.core import planner
@@ -24,7 +25,7 @@ from prefetcher.core.state import AgentState, BackoffEntry
 from prefetcher.core.units import format_bytes
 from prefetcher.errors import PrefetchError
 from prefetcher.metrics import Metrics
-from prefetcher.ports import Clock, DiskProbe, EventSink, ImageRuntime, ModelSource, Registry
+from prefetcher.ports import Clock, DiskProbe, EventSink, ImageRuntime, ModelSource, PullSecrets, Registry
 
 log = logging.getLogger(__name__)
 # How often pulls under way are checked: a finished pull is noticed within this, so keep it short.
@@ -59,6 +60,7 @@ class Reconciler:
         save_state: Callable[[AgentState], None],
         draw: Callable[[], float],
         after_pass: Callable[..., None] | None = None,
+        pull_secrets: PullSecrets | None = None,
     ) -> None:
         self._runtime = runtime
         self._source = source
@@ -71,8 +73,9 @@ class Reconciler:
         self._save = save_state
         self._draw = draw
         self._after_pass = after_pass
-        self._resolver = Resolver(registry=registry, events=events, clock=clock.now)
-        self._pulls = PullTracker(runtime=runtime, disk=disk, clock=clock, registry=registry)
+        keychain = Keychain(node=registry.credentials_for, pull_secrets=pull_secrets)
+        self._resolver = Resolver(registry=registry, events=events, clock=clock.now, keychain=keychain)
+        self._pulls = PullTracker(runtime=runtime, disk=disk, clock=clock, keychain=keychain)
         self._skipped: dict[str, SkipReason] = {}
         self.last_error = ""
         self.report = PassReport()

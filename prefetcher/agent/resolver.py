@@ -2,7 +2,8 @@
 
 A model already in the runtime's store needs no registry call; a digest's size never changes, so
 it is cached for good; a tag is re-resolved after ``tag_ttl_seconds``. Failures back off per
-reference, so a broken registry is not asked on every pass.
+reference, so a broken registry is not asked on every pass. The registry is asked with the
+``Keychain``'s credentials: the workload's pull secrets, else the node's.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from prefetcher.agent.keychain import Keychain
 from prefetcher.core.backoff import retry_note
 from prefetcher.core.model import DesiredModel, ModelRequest, Skip, SkipReason
 from prefetcher.core.refs import ImageRef, parse_reference
@@ -39,9 +41,11 @@ class Resolver:
         registry: Registry,
         events: EventSink,
         clock: Callable[[], float],
+        keychain: Keychain | None = None,
         tag_ttl_seconds: float = 300.0,
     ) -> None:
         self._registry = registry
+        self._keychain = keychain or Keychain(node=registry.credentials_for)
         self._events = events
         self._clock = clock
         self._tag_ttl = tag_ttl_seconds
@@ -87,7 +91,7 @@ class Resolver:
                 )
                 continue
             try:
-                resolved, fresh = self._lookup(ref, now)
+                resolved, fresh = self._lookup(ref, now, request)
             except RegistryError as err:
                 skips.append(Skip(key, SkipReason.UNRESOLVED, str(err), (request.source,)))
                 failures.append((key, str(err), (request.source,)))
@@ -98,13 +102,25 @@ class Resolver:
             desired.append(DesiredModel(pinned, request.priority, resolved.size_bytes, (request.source,)))
         return Resolution(tuple(desired), tuple(skips), tuple(failures))
 
-    def _lookup(self, ref: ImageRef, now: float) -> tuple[ResolvedImage, bool]:
+    def _lookup(self, ref: ImageRef, now: float, request: ModelRequest) -> tuple[ResolvedImage, bool]:
         """The resolved image, and whether the registry was asked just now."""
         key = ref.canonical()
         hit = self._cache.get(key)
         if hit and (ref.pinned or now - hit[1] < self._tag_ttl):
             return hit[0], False
-        resolved = self._registry.resolve(ref)
+        keys = self._keychain.keys(ref, (request.source,))
+        try:
+            resolved = self._registry.resolve(ref, credentials=keys.credentials)
+        except RegistryError as err:
+            if not keys.problem:
+                raise
+            raise RegistryError(keys.explain(str(err)), status=err.status) from err
+        if keys.problem:
+            message = f"{key}: resolved without the workload's pull secrets: {keys.problem}"
+            log.warning("pull secrets unavailable: %s", message)
+            self._events.emit(
+                (request.source,), warning=True, reason="PullSecretsUnavailable", message=message
+            )
         if len(self._cache) >= MAX_CACHED:
             self._cache.clear()
         self._cache[key] = (resolved, now)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 from prefetcher.core.model import CachedImage, DiskState, ModelRequest
 from prefetcher.core.refs import ImageRef
-from prefetcher.errors import PullFailedError, RegistryError, RuntimeUnavailableError
+from prefetcher.errors import CredentialsError, PullFailedError, RegistryError, RuntimeUnavailableError
 from prefetcher.ports import Credentials, ResolvedImage
 
 
@@ -159,6 +159,24 @@ class FakeRegistry:
 
     def credentials_for(self, registry: str) -> Credentials | None:
         """No credentials."""
+        return None
+
+
+@dataclass
+class FakePullSecrets:
+    """Pull secrets per model source; ``errors`` maps a source to the error reading its secrets raises."""
+
+    keyring: dict[str, Credentials] = field(default_factory=dict)
+    errors: dict[str, CredentialsError] = field(default_factory=dict)
+
+    def credentials_for(self, registry: str, sources: tuple[str, ...]) -> Credentials | None:
+        """The first source's credentials, else the first source's error, else None."""
+        found = [self.keyring[s] for s in sources if s in self.keyring]
+        if found:
+            return found[0]
+        problems = [self.errors[s] for s in sources if s in self.errors]
+        if problems:
+            raise problems[0]
         return None
 
 

@@ -9,18 +9,20 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from prefetcher.agent.executor import PullTracker
+from prefetcher.agent.keychain import Keychain
 from prefetcher.agent.reconciler import Reconciler
 from prefetcher.config import Config, load_config
 from prefetcher.core.model import DesiredModel, ModelRequest, Pull
 from prefetcher.core.refs import parse_reference
 from prefetcher.core.state import AgentState
-from prefetcher.errors import PullFailedError, RegistryError
+from prefetcher.errors import CredentialsError, PullFailedError, RegistryError
 from prefetcher.metrics import Metrics
-from prefetcher.ports import ResolvedImage
+from prefetcher.ports import Credentials, ResolvedImage
 from prefetcher.testing.fakes import (
     FakeClock,
     FakeDisk,
     FakeEvents,
+    FakePullSecrets,
     FakeRegistry,
     FakeRuntime,
     FakeSource,
@@ -50,6 +52,7 @@ class World:
         self.clock = FakeClock()
         self.saved: list[AgentState] = []
         self.config: Config = load_config(config or "eviction: {graceSeconds: 0}")
+        self.pull_secrets: FakePullSecrets | None = None
 
     def want(self, *names: str, priority: int = 0) -> None:
         self.source.models = [ModelRequest(f"oci://{ref(n)}", priority, f"test {n}") for n in names]
@@ -67,6 +70,7 @@ class World:
             state=state or AgentState(),
             save_state=self.saved.append,
             draw=lambda: 0.5,
+            pull_secrets=self.pull_secrets,
         )
 
 
@@ -152,7 +156,12 @@ def test_images_in_use_or_not_pulled_by_the_agent_are_never_evicted() -> None:
 def test_stalled_pull_is_cancelled_after_stall_seconds_without_growth() -> None:
     world = World({"a": 10 * MIB})
     world.runtime.held.add(ref("a"))
-    tracker = PullTracker(runtime=world.runtime, disk=world.disk, clock=world.clock, registry=world.registry)
+    tracker = PullTracker(
+        runtime=world.runtime,
+        disk=world.disk,
+        clock=world.clock,
+        keychain=Keychain(node=world.registry.credentials_for),
+    )
     model = world.registry.table[ref("a")]
     tracker.start(Pull(DesiredModel(model.ref, 0, model.size_bytes, ("t",)), 20 * MIB), world.config)
     world.clock.advance(100)
@@ -173,3 +182,39 @@ def test_runtime_down_fails_the_pass_loudly_and_the_next_pass_recovers() -> None
     world.runtime.down = False
     agent._pass_safely(None)
     assert agent.healthy and [p.ref for p in world.runtime.pulls] == [ref("a")]
+
+
+def test_a_workloads_pull_secret_is_used_to_resolve_and_pull_its_model() -> None:
+    world = World({"private": 10 * MIB})
+    secret = Credentials("puller", "s3cret")
+    world.registry.protected[ref("private")] = secret
+    world.pull_secrets = FakePullSecrets(keyring={"test private": secret})
+    world.want("private")
+    assert world.agent().run(threading.Event(), once=True) == 0
+    assert [(p.ref, p.credentials) for p in world.runtime.pulls] == [(ref("private"), secret)]
+
+
+def test_unreadable_pull_secrets_fail_a_private_model_clearly_and_a_public_one_is_pulled() -> None:
+    world = World({"private": 10 * MIB, "public": 10 * MIB})
+    world.registry.protected[ref("private")] = Credentials("puller", "s3cret")
+    forbidden = CredentialsError("reading ServiceAccount team-b/default is forbidden: RoleBinding missing")
+    world.pull_secrets = FakePullSecrets(errors={"test private": forbidden, "test public": forbidden})
+    world.want("private", "public")
+    agent = world.agent()
+    assert agent.run(threading.Event(), once=True) == 1
+    assert [(p.ref, p.credentials) for p in world.runtime.pulls] == [(ref("public"), None)]
+    error = agent.report.failed[ref("private")]
+    assert "401" in error and "pull secrets were not used: reading ServiceAccount team-b/default" in error
+    warned = [e for e in world.events.events if e[2] == "PullSecretsUnavailable"]
+    assert [(e[0], "forbidden" in e[3]) for e in warned] == [(("test public",), True)]
+
+
+def test_a_failed_pull_says_why_the_workloads_secrets_were_not_used() -> None:
+    world = World({"a": 10 * MIB})
+    world.pull_secrets = FakePullSecrets(errors={"test a": CredentialsError("secret team-a/x not found")})
+    world.runtime.failures[ref("a")] = PullFailedError("401 unauthorized", reason="unauthorized")
+    world.want("a")
+    assert world.agent().run(threading.Event(), once=True) == 1
+    assert world.saved[-1].backoff[ref("a")].last_error == (
+        "401 unauthorized; the workload's pull secrets were not used: secret team-a/x not found"
+    )
