@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from prefetcher.adapters.cri import CriImageRuntime
 from tests.integration.test_kube_source import apply_isvc, create_node, gpu_predictor, unique
+from tests.support.agent_process import agent_config, run_agent_once, running_agent
 from tests.support.apiserver import ApiServer
 from tests.support.containerd import RunningContainerd
 from tests.support.oci import push_modelcar
+from tests.support.pods import ContainerSpec, CriPods
 from tests.support.registry import RunningRegistry
 
 pytestmark = pytest.mark.integration
@@ -34,33 +35,15 @@ def run_agent(
     *extra: str,
 ) -> subprocess.CompletedProcess[str]:
     config = workdir / f"agent-{node}.yaml"
-    config.write_text(
-        json.dumps(
-            {
-                "criEndpoint": containerd.endpoint,
-                "imageFsPath": str(containerd.root),
-                "stateFile": str(workdir / f"state-{node}.json"),
-                "listenAddress": "127.0.0.1:0",
-                "registries": {"insecure": [registry.host]},
-                "kubernetes": {"startupTaint": TAINT},
-            }
-        )
+    settings = agent_config(
+        containerd,
+        [registry.host],
+        workdir,
+        stateFile=str(workdir / f"state-{node}.json"),
+        kubernetes={"startupTaint": TAINT},
     )
-    command = [
-        sys.executable,
-        "-m",
-        "prefetcher",
-        "agent",
-        "--config",
-        str(config),
-        "--once",
-        "--node-name",
-        node,
-        "--kubeconfig",
-        str(apiserver.kubeconfig),
-        *extra,
-    ]
-    return subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    config.write_text(json.dumps(settings))
+    return run_agent_once(config, node=node, kubeconfig=apiserver.kubeconfig, extra=extra)
 
 
 def cached(containerd: RunningContainerd) -> set[str]:
@@ -127,3 +110,48 @@ def test_the_models_file_is_kept_warm_beside_inferenceservices(
     events = json.loads(apiserver.kubectl("get", "events", "-A", "-o", "json"))["items"]
     on_node = [e for e in events if e["reason"] == "Prefetched" and e["involvedObject"]["kind"] == "Node"]
     assert any(listed.ref in e["message"] and e["involvedObject"]["name"] == node for e in on_node), events
+
+
+def test_a_deleted_inferenceservice_has_its_model_evicted_and_nothing_else(
+    apiserver: ApiServer,
+    isvc_crd: str,
+    containerd: RunningContainerd,
+    registry: RunningRegistry,
+    tmp_path: Path,
+) -> None:
+    kept, dropped, busy, foreign = (
+        push_modelcar(registry, f"models/deleted-{name}", model_size_bytes=1024**2, seed=80 + i)
+        for i, name in enumerate(("kept", "dropped", "busy", "foreign"))
+    )
+    namespace = unique("ns")
+    apiserver.create_namespace(namespace)
+    node = create_node(apiserver)
+    for name, image in (("kept", kept), ("dropped", dropped), ("busy", busy)):
+        apply_isvc(apiserver, namespace, name, {"model": {"storageUri": image.uri}})
+    config = tmp_path / "agent.yaml"
+    settings = agent_config(
+        containerd, [registry.host], tmp_path, resyncSeconds=1, eviction={"graceSeconds": 0}
+    )
+    config.write_text(json.dumps(settings))
+    pods = CriPods(containerd.endpoint, log_root=tmp_path / "logs")
+    pods.ensure_image(foreign.ref)  # pulled by someone else: never the agent's to remove
+
+    with (
+        running_agent(config, node=node, kubeconfig=apiserver.kubeconfig, log_file=tmp_path / "log") as agent,
+        pods,
+        pods.sandbox("server") as sandbox,
+    ):
+        agent.wait(lambda: {kept.ref, dropped.ref, busy.ref} <= cached(containerd), what="three warm models")
+        container = sandbox.start(ContainerSpec("server", busy.ref, command=["sleep", "3600"]))
+        sandbox.wait_running(container)
+        # One watch stream: the agent sees "busy" gone before "dropped" is.
+        apiserver.kubectl("delete", "inferenceservice", "busy", "-n", namespace, "--wait=false")
+        apiserver.kubectl("delete", "inferenceservice", "dropped", "-n", namespace, "--wait=false")
+        agent.wait(lambda: dropped.ref not in cached(containerd), what="the deleted model's eviction")
+        passes = agent.metric("prefetcher_last_reconcile_timestamp_seconds")
+        agent.wait(
+            lambda: agent.metric("prefetcher_last_reconcile_timestamp_seconds") > passes, what="another pass"
+        )
+        assert {kept.ref, busy.ref, foreign.ref} <= cached(containerd), agent.log()
+        assert agent.metric("prefetcher_evictions_total", reason="not_desired") == 1
+    assert f"evicted {dropped.ref} (not_desired" in agent.log()
