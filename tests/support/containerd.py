@@ -5,17 +5,21 @@ a work directory, next to any other containerd on the machine. Its CRI plugin pu
 registry over plain HTTP (a ``hosts.toml`` under ``config_path``; the older ``mirrors`` table is
 deprecated), uses the test registry's sandbox image (``registry.k8s.io`` is unreachable), the
 overlayfs snapshotter, and ``restrict_oom_score_adj`` (without it ``RunPodSandbox`` fails on these
-machines with ``can't get final child's PID from pipe: EOF``). With ``root_size_mb`` the root is a
-fixed-size tmpfs: a real filesystem a test can fill.
+machines with ``can't get final child's PID from pipe: EOF``), and runc with cgroupfs (the
+driver a test kubelet uses). With ``root_size_mb`` the root is a fixed-size tmpfs, with
+``ext4_size_mb`` a loop-mounted ext4 (``tests.support.mounts``): a real filesystem a test can fill.
+``cni_placeholder`` gives CRI a network configuration whose plugin does not exist: CRI then reports
+``NetworkReady`` (kubelet will not call a node Ready otherwise) while only host-network pods run.
 
 Teardown removes every pod through CRI (so shims and containers exit), stops the daemon's process
 group, kills any shim it left behind (by pid, only shims of this socket), unmounts what is still
-mounted under the work directory and the tmpfs. Fixtures: ``containerd`` (session) and
-``containerd_factory`` (per test, for instances of their own).
+mounted under the work directory and the tmpfs or ext4 root (detaching its loop device).
+Fixtures: ``containerd`` (session) and ``containerd_factory`` (per test, for instances of their own).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -30,6 +34,7 @@ import pytest
 
 from prefetcher.adapters.cri_api import api_pb2 as cri
 from prefetcher.adapters.cri_api import api_pb2_grpc as cri_grpc
+from tests.support.mounts import FsUsage, fs_usage, mount_ext4, mount_tmpfs, unmount_under
 from tests.support.oci import push_sandbox_image
 from tests.support.pods import CriPods, wait_for
 from tests.support.registry import RunningRegistry
@@ -47,8 +52,16 @@ def require_binaries() -> None:
             pytest.fail(f"{binary} not found: install the Debian package {package!r}")
 
 
-def render_config(workdir: Path, *, registry_host: str, sandbox_image: str) -> str:
+def render_config(
+    workdir: Path, *, registry_host: str, sandbox_image: str, cni_dir: Path | None = None
+) -> str:
     """The containerd config (version 2) of a private instance under ``workdir``."""
+    cni = ""
+    if cni_dir is not None:
+        cni = f"""  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{cni_dir / "bin"}"
+    conf_dir = "{cni_dir / "net.d"}"
+"""
     return f"""version = 2
 root = "{workdir / "root"}"
 state = "{workdir / "state"}"
@@ -61,9 +74,29 @@ state = "{workdir / "state"}"
   restrict_oom_score_adj = true
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+    runtime_type = "io.containerd.runc.v2"
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+    SystemdCgroup = false
   [plugins."io.containerd.grpc.v1.cri".registry]
     config_path = "{workdir / "certs.d"}"
-"""
+{cni}"""
+
+
+def _write_cni_placeholder(cni_dir: Path) -> None:
+    """A network list naming a plugin that does not exist: loads, so CRI reports NetworkReady.
+
+    containerd's CRI plugin skips CNI for host-network sandboxes; any other pod fails to start
+    with "failed to find plugin", which is the intended loud failure (no pod network here).
+    """
+    (cni_dir / "bin").mkdir(parents=True, exist_ok=True)
+    (cni_dir / "net.d").mkdir(parents=True, exist_ok=True)
+    conflist = {
+        "cniVersion": "0.4.0",
+        "name": "host-network-only",
+        "plugins": [{"type": "modelcar-test-no-pod-network"}],
+    }
+    (cni_dir / "net.d" / "10-host-network-only.conflist").write_text(json.dumps(conflist))
 
 
 def _write_hosts(workdir: Path, registry_host: str) -> None:
@@ -87,6 +120,7 @@ class RunningContainerd:
     config: Path
     log_file: Path
     root_size_mb: int | None = None
+    ext4_size_mb: int | None = None
     _process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
@@ -98,6 +132,10 @@ class RunningContainerd:
     def running(self) -> bool:
         """True while the daemon process is alive."""
         return self._process is not None and self._process.poll() is None
+
+    def image_fs_usage(self) -> FsUsage:
+        """``statvfs`` of the image filesystem (the root), as kubelet's image GC measures it."""
+        return fs_usage(self.root)
 
     def log_tail(self, lines: int = 30) -> str:
         """The last lines of the daemon's log, for failure messages."""
@@ -162,7 +200,7 @@ class RunningContainerd:
                 os.killpg(process.pid, signal.SIGTERM)
         self.stop()
         _kill_shims(self.socket)
-        _unmount_under(self.workdir)
+        unmount_under(self.workdir)
 
 
 def _kill_shims(socket: Path) -> None:
@@ -177,46 +215,24 @@ def _kill_shims(socket: Path) -> None:
                 os.kill(int(entry.name), signal.SIGKILL)
 
 
-def _mounts_under(directory: Path) -> list[str]:
-    """Mount points at or below ``directory``, deepest first."""
-    prefix = str(directory)
-    points = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        point = line.split()[4].replace("\\040", " ")
-        if point == prefix or point.startswith(prefix + "/"):
-            points.append(point)
-    return sorted(points, key=len, reverse=True)
-
-
-def _unmount_under(directory: Path) -> None:
-    """Unmount everything at or below ``directory`` (container rootfs, shm, the tmpfs root)."""
-    for point in _mounts_under(directory):
-        result = subprocess.run(["umount", point], capture_output=True, text=True, check=False, timeout=30)
-        if result.returncode != 0:
-            subprocess.run(["umount", "-l", point], capture_output=True, check=False, timeout=30)
-    if left := _mounts_under(directory):
-        raise AssertionError(f"still mounted after teardown: {left}")
-
-
-def _mount_tmpfs(path: Path, size_mb: int) -> None:
-    path.mkdir(parents=True, exist_ok=True)
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size_mb}m,mode=0711", "tmpfs", str(path)],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=30,
-    )
-    if result.returncode != 0:
-        pytest.fail(f"cannot mount a {size_mb} MiB tmpfs at {path} (needs root): {result.stderr.strip()}")
-
-
 @contextmanager
 def start_containerd(
-    workdir: Path, *, registry_host: str, sandbox_image: str, root_size_mb: int | None = None
+    workdir: Path,
+    *,
+    registry_host: str,
+    sandbox_image: str,
+    root_size_mb: int | None = None,
+    ext4_size_mb: int | None = None,
+    cni_placeholder: bool = False,
 ) -> Iterator[RunningContainerd]:
-    """Run a private containerd under ``workdir``; torn down when the block exits."""
+    """Run a private containerd under ``workdir``; torn down when the block exits.
+
+    The root is a tmpfs of ``root_size_mb`` MiB or an ext4 of ``ext4_size_mb`` MiB (at most one),
+    else a plain directory.
+    """
     require_binaries()
+    if root_size_mb is not None and ext4_size_mb is not None:
+        raise ValueError("root_size_mb (tmpfs) and ext4_size_mb (ext4) are alternatives")
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     socket = workdir / "containerd.sock"
@@ -230,13 +246,21 @@ def start_containerd(
         config=workdir / "config.toml",
         log_file=workdir / "containerd.log",
         root_size_mb=root_size_mb,
+        ext4_size_mb=ext4_size_mb,
     )
-    daemon.config.write_text(render_config(workdir, registry_host=registry_host, sandbox_image=sandbox_image))
+    cni_dir = workdir / "cni" if cni_placeholder else None
+    daemon.config.write_text(
+        render_config(workdir, registry_host=registry_host, sandbox_image=sandbox_image, cni_dir=cni_dir)
+    )
     _write_hosts(workdir, registry_host)
+    if cni_dir is not None:
+        _write_cni_placeholder(cni_dir)
     with ExitStack() as cleanup:
-        cleanup.callback(_unmount_under, workdir)
+        cleanup.callback(unmount_under, workdir)
         if root_size_mb is not None:
-            _mount_tmpfs(daemon.root, root_size_mb)
+            mount_tmpfs(daemon.root, root_size_mb)
+        if ext4_size_mb is not None:
+            cleanup.enter_context(mount_ext4(daemon.root, size_mb=ext4_size_mb, image_dir=workdir))
         cleanup.callback(daemon.teardown)
         daemon.start()
         yield daemon
@@ -259,12 +283,14 @@ def containerd(
 
 @pytest.fixture
 def containerd_factory(tmp_path: Path, registry: RunningRegistry) -> Iterator[ContainerdFactory]:
-    """Start containerds of a test's own (``root_size_mb=`` for a small full-able root)."""
+    """Start containerds of a test's own (``root_size_mb=`` tmpfs or ``ext4_size_mb=`` ext4 root)."""
     sandbox = push_sandbox_image(registry)
     with ExitStack() as stack:
         count = 0
 
-        def factory(*, root_size_mb: int | None = None) -> RunningContainerd:
+        def factory(
+            *, root_size_mb: int | None = None, ext4_size_mb: int | None = None, cni_placeholder: bool = False
+        ) -> RunningContainerd:
             nonlocal count
             count += 1
             return stack.enter_context(
@@ -273,6 +299,8 @@ def containerd_factory(tmp_path: Path, registry: RunningRegistry) -> Iterator[Co
                     registry_host=registry.host,
                     sandbox_image=sandbox.tag_ref,
                     root_size_mb=root_size_mb,
+                    ext4_size_mb=ext4_size_mb,
+                    cni_placeholder=cni_placeholder,
                 )
             )
 
