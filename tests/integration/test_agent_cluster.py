@@ -17,9 +17,10 @@ from prefetcher.adapters.cri import CriImageRuntime
 from tests.integration.test_kube_source import apply_isvc, create_node, gpu_predictor, unique
 from tests.support.agent_process import agent_config, run_agent_once, running_agent
 from tests.support.apiserver import ApiServer
-from tests.support.containerd import RunningContainerd
+from tests.support.containerd import ContainerdFactory, RunningContainerd
 from tests.support.oci import push_modelcar
 from tests.support.pods import ContainerSpec, CriPods
+from tests.support.projected import ProjectedFile
 from tests.support.registry import RunningRegistry
 
 pytestmark = pytest.mark.integration
@@ -155,3 +156,53 @@ def test_a_deleted_inferenceservice_has_its_model_evicted_and_nothing_else(
         assert {kept.ref, busy.ref, foreign.ref} <= cached(containerd), agent.log()
         assert agent.metric("prefetcher_evictions_total", reason="not_desired") == 1
     assert f"evicted {dropped.ref} (not_desired" in agent.log()
+
+
+def test_an_invalid_configmap_edit_keeps_the_last_good_config_until_a_valid_one(
+    apiserver: ApiServer,
+    isvc_crd: str,
+    containerd_factory: ContainerdFactory,
+    registry: RunningRegistry,
+    tmp_path: Path,
+) -> None:
+    node_containerd = containerd_factory(root_size_mb=256)
+    small, later = (
+        push_modelcar(registry, f"models/reload-{name}", model_size_bytes=1024**2, seed=90 + i)
+        for i, name in enumerate(("small", "later"))
+    )
+    big = push_modelcar(registry, "models/reload-big", model_size_bytes=40 * 1024**2, seed=92)
+    namespace = unique("ns")
+    apiserver.create_namespace(namespace)
+    node = create_node(apiserver)
+    apply_isvc(apiserver, namespace, "small", {"model": {"storageUri": small.uri}})
+    apply_isvc(apiserver, namespace, "big", {"model": {"storageUri": big.uri}})
+    # 10% of a 256 MiB image filesystem: the big model (40 MiB, twice that unpacked) never fits.
+    settings = agent_config(node_containerd, [registry.host], tmp_path, resyncSeconds=1)
+    projected = ProjectedFile(tmp_path / "configmap", "agent.yaml")
+    projected.write(json.dumps(settings | {"budget": {"maxUsagePercent": 10}}))
+
+    log_file = tmp_path / "agent.log"
+    with running_agent(
+        projected.path, node=node, kubeconfig=apiserver.kubeconfig, log_file=log_file
+    ) as agent:
+        agent.wait(lambda: small.ref in cached(node_containerd), what="the small model")
+        agent.wait(lambda: agent.metric("prefetcher_models_skipped", reason="too_large") == 1, what="a skip")
+        # A bad edit that would also have let the big model in: the whole edit is refused.
+        bad = settings | {"budget": {"maxUsagePercent": 90}, "pull": {"concurrency": 0}}
+        projected.write(json.dumps(bad))
+        agent.wait(
+            lambda: agent.metric("prefetcher_config_reloads_total", outcome="invalid") == 1, what="rejection"
+        )
+        apply_isvc(apiserver, namespace, "later", {"model": {"storageUri": later.uri}})
+        agent.wait(lambda: later.ref in cached(node_containerd), what="a new model under the old config")
+        assert big.ref not in cached(node_containerd), "the rejected budget was applied"
+        events = json.loads(apiserver.kubectl("get", "events", "-n", "default", "-o", "json"))["items"]
+        rejected = [
+            e for e in events if e["reason"] == "ConfigRejected" and e["involvedObject"]["name"] == node
+        ]
+        assert [(e["type"], "pull.concurrency" in e["message"]) for e in rejected] == [("Warning", True)]
+
+        projected.write(json.dumps(settings | {"budget": {"maxUsagePercent": 90}}))
+        agent.wait(lambda: big.ref in cached(node_containerd), what="the big model under the new budget")
+        assert agent.metric("prefetcher_config_reloads_total", outcome="success") == 1
+        assert agent.metric("prefetcher_config_reloads_total", outcome="invalid") == 1

@@ -1,18 +1,13 @@
 """Test support: the agent CLI following InferenceServices, as a process of its own.
 
 ``agent_config`` is the agent's configuration for a test containerd and registries (JSON, which is
-YAML). ``ProjectedConfig`` writes it the way kubelet updates a ConfigMap volume (its AtomicWriter):
-the files go into a new ``..<timestamp>`` directory, a ``..data_tmp`` symlink to it is renamed over
-``..data``, and ``agent.yaml`` is a symlink to ``..data/agent.yaml``. ``run_agent_once`` runs
-``prefetcher agent --once``; ``running_agent`` keeps ``prefetcher agent`` running with its metrics on
-a free loopback port, and every probe of it fails at once, with its log, if the process died.
+YAML). ``run_agent_once`` runs ``prefetcher agent --once``; ``running_agent`` keeps ``prefetcher
+agent`` running with its metrics on a free loopback port, and every probe of it fails at once, with
+its log, if the process died.
 """
 
 from __future__ import annotations
 
-import itertools
-import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -33,7 +28,6 @@ from tests.support.registry import free_port
 AGENT_TIMEOUT_SECONDS = 300
 STOP_TIMEOUT_SECONDS = 20
 _T = TypeVar("_T")
-_versions = itertools.count()
 
 
 def agent_config(
@@ -50,30 +44,6 @@ def agent_config(
     for key, value in overrides.items():
         config[key] = {**config[key], **value} if isinstance(value, dict) and key in config else value
     return config
-
-
-class ProjectedConfig:
-    """``agent.yaml`` in a directory laid out and updated as kubelet does for a ConfigMap volume."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.path = directory / "agent.yaml"
-        directory.mkdir(parents=True, exist_ok=True)
-
-    def write(self, text: str) -> None:
-        """Swap in a new version atomically; the previous version's directory is removed after."""
-        data = self.directory / "..data"
-        previous = os.readlink(data) if data.is_symlink() else None
-        version = self.directory / f"..2026_01_01_00_00_00.{next(_versions):09d}"
-        version.mkdir()
-        (version / "agent.yaml").write_text(text)
-        staged = self.directory / "..data_tmp"
-        staged.symlink_to(version.name)
-        os.replace(staged, data)
-        if not self.path.is_symlink():
-            self.path.symlink_to("..data/agent.yaml")
-        if previous is not None:
-            shutil.rmtree(self.directory / previous)
 
 
 def agent_command(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from prefetcher.config import Config, load_config, load_models
 from prefetcher.core.model import ManagedImage, ModelRequest
 from prefetcher.core.state import AgentState, BackoffEntry
 from prefetcher.errors import ConfigError
+from tests.support.projected import ProjectedFile
 
 
 def test_empty_document_gives_the_defaults() -> None:
@@ -77,6 +79,21 @@ def test_watched_file_reloads_on_change_and_keeps_the_last_good_version(tmp_path
     path.unlink()
     assert watched.current().pull.concurrency == 5
     assert outcomes == ["invalid", "success", "error"]
+
+
+def test_watched_file_follows_a_configmap_volume_update(tmp_path: Path) -> None:
+    projected = ProjectedFile(tmp_path, "agent.yaml")
+    projected.write("pull: {concurrency: 3}")
+    outcomes: list[str] = []
+    watched = WatchedFile(projected.path, load_config, on_reload=lambda o, _msg: outcomes.append(o))
+    projected.write("pull: {concurrency: 0}")
+    assert watched.current().pull.concurrency == 3
+    projected.write("pull: {concurrency: 4}")
+    assert watched.current().pull.concurrency == 4
+    assert outcomes == ["invalid", "success"]
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("..2")) == [
+        os.readlink(tmp_path / "..data")
+    ]
 
 
 def test_a_watched_file_must_be_valid_at_start_up(tmp_path: Path) -> None:
