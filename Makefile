@@ -40,3 +40,4 @@ bench: deps ## each prints its figures and the ratio to a baseline measured in t
 	$(PY) bench/pull_overhead.py
 	$(PY) bench/warm_cold.py
 	$(PY) bench/webhook_latency.py
+	$(PY) bench/isvc_scale.py

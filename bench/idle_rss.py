@@ -38,10 +38,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from prefetcher.adapters.cri import CriImageRuntime  # noqa: E402
-from tests.support.containerd import start_containerd  # noqa: E402
+from tests.support.containerd import RunningContainerd, start_containerd  # noqa: E402
 from tests.support.oci import push_modelcar, push_sandbox_image  # noqa: E402
 from tests.support.pods import wait_for  # noqa: E402
-from tests.support.registry import free_port, start_registry  # noqa: E402
+from tests.support.registry import RunningRegistry, free_port, start_registry  # noqa: E402
 
 MIB = 1024**2
 TARGET_MIB = 80.0
@@ -85,8 +85,10 @@ def metric(text: str, name: str) -> float | None:
     return None
 
 
-def warm_models(stack: ExitStack, workdir: Path, count: int) -> tuple[str, str, Path, list[str]]:
-    """Registry and containerd with ``count`` modelcars pulled: (registry host, endpoint, root, URIs)."""
+def warm_models(
+    stack: ExitStack, workdir: Path, count: int
+) -> tuple[RunningRegistry, RunningContainerd, list[str]]:
+    """Registry and containerd with ``count`` modelcars pulled, and the modelcars' URIs."""
     registry = stack.enter_context(start_registry(workdir / "registry"))
     sandbox = push_sandbox_image(registry)
     containerd = stack.enter_context(
@@ -111,7 +113,7 @@ def warm_models(stack: ExitStack, workdir: Path, count: int) -> tuple[str, str, 
         with ThreadPoolExecutor(8) as pool:
             ids = set(pool.map(pull, uris))
     print(f"pre-pulled them through CRI in {time.monotonic() - started:.1f}s ({len(ids)} distinct images)")
-    return registry.host, containerd.endpoint, containerd.root, uris
+    return registry, containerd, uris
 
 
 def start_agent(
@@ -121,17 +123,13 @@ def start_agent(
     config_file, models = workdir / "agent.yaml", workdir / "models.yaml"
     config_file.write_text(json.dumps(config))
     models.write_text(json.dumps({"models": [{"uri": u, "priority": i % 10} for i, u in enumerate(uris)]}))
-    log = stack.enter_context((workdir / "agent.log").open("wb"))
-    command = [
-        sys.executable,
-        "-m",
-        "prefetcher",
-        "agent",
-        "--config",
-        str(config_file),
-        "--models",
-        str(models),
-    ]
+    return launch_agent(stack, workdir / "agent.log", ["--config", str(config_file), "--models", str(models)])
+
+
+def launch_agent(stack: ExitStack, log_file: Path, args: list[str]) -> subprocess.Popen[bytes]:
+    """``python -m prefetcher agent ARGS`` logging to ``log_file``; stopped (SIGTERM) with the stack."""
+    log = stack.enter_context(log_file.open("wb"))
+    command = [sys.executable, "-m", "prefetcher", "agent", *args]
     agent = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
 
     def stop_agent() -> None:
@@ -173,14 +171,14 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="bench-idle-rss-"))
     with ExitStack() as stack:
         stack.callback(shutil.rmtree, workdir, True)
-        registry_host, endpoint, root, uris = warm_models(stack, workdir, opts.models)
+        registry, containerd, uris = warm_models(stack, workdir, opts.models)
         port = free_port()
         config = {
-            "criEndpoint": endpoint,
-            "imageFsPath": str(root),
+            "criEndpoint": containerd.endpoint,
+            "imageFsPath": str(containerd.root),
             "stateFile": str(workdir / "state.json"),
             "listenAddress": f"127.0.0.1:{port}",
-            "registries": {"insecure": [registry_host]},
+            "registries": {"insecure": [registry.host]},
         }
         started = time.monotonic()
         agent = start_agent(stack, workdir, config, uris)
