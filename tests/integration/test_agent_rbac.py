@@ -7,11 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.test_kube_source import unique
 from tests.support.apiserver import ApiServer
 
 pytestmark = pytest.mark.integration
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "agent"
 AGENT = "system:serviceaccount:modelcar-prefetcher:modelcar-prefetcher"
+PULL_SECRETS_ROLE = DEPLOY / "optional" / "pull-secrets-role.yaml"
 
 
 def can(apiserver: ApiServer, verb: str, resource: str, *extra: str) -> bool:
@@ -31,10 +33,22 @@ def can(apiserver: ApiServer, verb: str, resource: str, *extra: str) -> bool:
     return result.returncode == 0
 
 
-@pytest.fixture(scope="module")
-def rbac_applied(apiserver: ApiServer, isvc_crd: str) -> None:
+def apply_agent_rbac(apiserver: ApiServer) -> None:
+    """The agent's namespace, ServiceAccount and cluster-wide RBAC, as shipped (idempotent)."""
     for name in ("namespace.yaml", "serviceaccount.yaml", "rbac.yaml"):
         apiserver.kubectl("apply", "-f", str(DEPLOY / name))
+
+
+def agent_kubeconfig(apiserver: ApiServer) -> Path:
+    """A kubeconfig that authenticates as the agent's ServiceAccount (a client certificate with its
+    user name and groups, which RBAC matches like the ServiceAccount's token)."""
+    groups = ("system:serviceaccounts", "system:serviceaccounts:modelcar-prefetcher")
+    return apiserver.write_kubeconfig(AGENT, groups)
+
+
+@pytest.fixture(scope="module")
+def rbac_applied(apiserver: ApiServer, isvc_crd: str) -> None:
+    apply_agent_rbac(apiserver)
 
 
 @pytest.mark.parametrize(
@@ -74,3 +88,23 @@ def test_the_agent_cannot_read_secrets_or_change_what_it_does_not_own(
     apiserver: ApiServer, rbac_applied: None, verb: str, resource: str, extra: tuple[str, ...]
 ) -> None:
     assert not can(apiserver, verb, resource, *extra)
+
+
+def test_the_optional_role_lets_the_agent_get_pull_secrets_in_its_namespace_only(
+    apiserver: ApiServer, rbac_applied: None
+) -> None:
+    bound, other = unique("ns"), unique("ns")
+    for namespace in (bound, other):
+        apiserver.create_namespace(namespace)
+    apiserver.kubectl("apply", "-n", bound, "-f", str(PULL_SECRETS_ROLE))
+    assert can(apiserver, "get", "secrets", "-n", bound)
+    assert can(apiserver, "get", "serviceaccounts", "-n", bound)
+    for verb, resource, namespace in [
+        ("list", "secrets", bound),
+        ("watch", "secrets", bound),
+        ("list", "serviceaccounts", bound),
+        ("get", "secrets", other),
+        ("get", "serviceaccounts", other),
+        ("create", "secrets", bound),
+    ]:
+        assert not can(apiserver, verb, resource, "-n", namespace), (verb, resource, namespace)
