@@ -103,6 +103,7 @@ def _wire(
     save_state: Callable[[AgentState], None],
     after_pass: Callable[..., None] | None = None,
     pull_secrets: PullSecrets | None = None,
+    wake: threading.Event | None = None,
 ) -> Reconciler:
     """Build the reconciler and its adapters from the configuration at start-up."""
     endpoint = cfg.cri_endpoint or detect_endpoint()
@@ -127,6 +128,7 @@ def _wire(
         draw=random.random,
         after_pass=after_pass,
         pull_secrets=pull_secrets,
+        wake=wake,
     )
 
 
@@ -140,8 +142,16 @@ class _Source(NamedTuple):
     pull_secrets: PullSecrets | None = None
 
 
-def _source(args: argparse.Namespace, cfg: Config, on_reload: Callable[[str, str], None]) -> _Source:
-    """The models file and/or InferenceServices for this node, with what comes with them."""
+def _source(
+    args: argparse.Namespace,
+    cfg: Config,
+    on_reload: Callable[[str, str], None],
+    on_change: Callable[[], None] = lambda: None,
+) -> _Source:
+    """The models file and/or InferenceServices for this node, with what comes with them.
+
+    ``on_change`` is called when the InferenceServices or this node change.
+    """
     listed = None
     if args.models is not None:
         listed = FileModelSource(WatchedFile(args.models, load_models, on_reload=on_reload))
@@ -169,6 +179,7 @@ def _source(args: argparse.Namespace, cfg: Config, on_reload: Callable[[str, str
         ignore_taints=frozenset({k.startup_taint} - {""}),
         node_selector=k.node_selector or None,
         recorder=recorder,
+        on_change=on_change,
     )
     source.start()
     synced = source.wait_synced(timeout_seconds=60)
@@ -210,7 +221,8 @@ def _run_agent(args: argparse.Namespace) -> int:
     config = WatchedFile(args.config, load_config, on_reload=count)
     cfg = config.current()
     configure_logging(level=cfg.log_level, json_format=cfg.log_format == "json")
-    source = _source(args, cfg, count)
+    wake = threading.Event()  # set by a source change: plan again now, not at the next resync
+    source = _source(args, cfg, count, wake.set)
     sinks.append(source.events)
     state = StateFile(Path(cfg.state_file))
     # Hot reload: every pass reads the latest good config; endpoints and listen address need a restart.
@@ -224,10 +236,16 @@ def _run_agent(args: argparse.Namespace) -> int:
         save_state=state.save,
         after_pass=source.after_pass,
         pull_secrets=source.pull_secrets,
+        wake=wake,
     )
     stop = threading.Event()
+
+    def request_stop(*_: object) -> None:
+        stop.set()
+        wake.set()  # the loop sleeps on ``wake``
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, request_stop)
     server = HealthServer(
         address=parse_address(cfg.listen_address),
         registry=metrics.registry,

@@ -6,7 +6,9 @@ the list's resourceVersion with bookmarks; ``410 Gone`` means list again; any ot
 (the API server restarting, a dropped connection) is retried with jittered back-off from the last
 resourceVersion seen. Pages are turned into ``IsvcModels`` as they arrive, so neither the raw JSON
 nor a kubernetes model object outlives its page. Which models this node should warm is decided by
-the pure ``core.isvc.select``; the source only holds the latest records and node.
+the pure ``core.isvc.select``; the source only holds the latest records and node. ``on_change``
+is called whenever what it holds changes (not for an update the records do not keep, such as a
+status change), so the agent can plan again at once instead of at its next resync.
 """
 
 from __future__ import annotations
@@ -156,8 +158,10 @@ class IsvcModelSource:
         node_selector: Mapping[str, Any] | None = None,
         recorder: EventRecorder | None = None,
         settings: WatchSettings | None = None,
+        on_change: Callable[[], None] = lambda: None,
     ) -> None:
         self.node_name = node_name
+        self._on_change = on_change
         extract = partial(
             extract_models,
             default_priority=default_priority,
@@ -262,6 +266,7 @@ class IsvcModelSource:
             kept = {k: r for k, r in previous.items() if namespace is not None and r.namespace != namespace}
             self._records = kept | {r.key: r for r in records if r.components or r.problems}
             self._generation += 1
+        self._on_change()
         self._report(
             r
             for r in records
@@ -269,11 +274,17 @@ class IsvcModelSource:
         )
 
     def _update(self, kind: str, record: IsvcModels) -> None:
+        kept = record if kind != "DELETED" and (record.components or record.problems) else None
         with self._lock:
             previous = self._records.pop(record.key, None)
-            if kind != "DELETED" and (record.components or record.problems):
-                self._records[record.key] = record
-            self._generation += 1
+            if kept is not None:
+                self._records[record.key] = kept
+            # Status updates and other fields the agent does not keep change nothing here.
+            changed = kept != previous
+            if changed:
+                self._generation += 1
+        if changed:
+            self._on_change()
         if kind != "DELETED" and (previous is None or previous.problems != record.problems):
             self._report([record])
 
@@ -281,9 +292,13 @@ class IsvcModelSource:
         self._node_event("ADDED", nodes[0] if nodes else None)
 
     def _node_event(self, kind: str, node: tuple[NodeInfo, str] | None) -> None:
+        current = None if kind == "DELETED" else node
         with self._lock:
-            self._node = None if kind == "DELETED" else node
-            self._generation += 1
+            changed, self._node = current != self._node, current
+            if changed:
+                self._generation += 1
+        if changed:
+            self._on_change()
 
     def _report(self, records: Iterable[IsvcModels]) -> None:
         if self._recorder is None:

@@ -1,7 +1,9 @@
 """The reconcile loop: resolve, plan, evict, pull, watch pulls, re-plan after every change.
 
 One thread drives everything: CRI pulls are asynchronous calls, so "bounded concurrency" is the
-number of pull handles this loop keeps open. A pull fails on total time (``pull.timeoutSeconds``)
+number of pull handles this loop keeps open. A pass runs every ``resyncSeconds``, at once after a
+pull finishes, and at once when ``wake`` is set (a source saw a change), so a new InferenceService
+is acted on within a pass, not a resync period. A pull fails on total time (``pull.timeoutSeconds``)
 or on lack of progress — the image filesystem not growing for ``pull.stallSeconds`` — because a
 100 GB pull legitimately takes an hour while a wedged one never finishes.
 """
@@ -60,6 +62,7 @@ class Reconciler:
         save_state: Callable[[AgentState], None],
         draw: Callable[[], float],
         after_pass: Callable[..., None] | None = None,
+        wake: threading.Event | None = None,
         pull_secrets: PullSecrets | None = None,
     ) -> None:
         self._runtime = runtime
@@ -73,6 +76,7 @@ class Reconciler:
         self._save = save_state
         self._draw = draw
         self._after_pass = after_pass
+        self._wake = wake
         keychain = Keychain(node=registry.credentials_for, pull_secrets=pull_secrets)
         self._resolver = Resolver(registry=registry, events=events, clock=clock.now, keychain=keychain)
         self._pulls = PullTracker(runtime=runtime, disk=disk, clock=clock, keychain=keychain)
@@ -86,6 +90,8 @@ class Reconciler:
         """Reconcile until ``stop`` is set; with ``once``, until nothing is left to do (exit code)."""
         failed: dict[str, str] = {}
         while not stop.is_set():
+            if self._wake is not None:
+                self._wake.clear()  # before the pass: a change seen during it wakes the next wait
             error = self._pass_safely(failed if once else None)
             if once and error is not None:
                 self.report = PassReport(self.report.plan, {**failed, "runtime": error})
@@ -182,7 +188,11 @@ class Reconciler:
         }
 
     def _wait(self, stop: threading.Event, seconds: float, failed: dict[str, str] | None) -> None:
-        """Watch pulls until one finishes (then re-plan at once) or ``seconds`` pass."""
+        """Watch pulls until one finishes or a source wakes the loop (re-plan at once), or ``seconds`` pass.
+
+        With ``wake``, the loop sleeps on it instead of ``stop``: whoever sets ``stop`` sets ``wake``
+        too (the CLI's signal handler), else a stop is noticed at the next poll, within 5 s.
+        """
         deadline = self._clock.monotonic() + seconds
         stall_seconds = self._config().pull.stall_seconds  # a reload takes effect at the next pass
         while not stop.is_set() and self._clock.monotonic() < deadline:
@@ -194,9 +204,11 @@ class Reconciler:
                     self._record_failure(
                         outcome.model_ref, outcome.error, outcome.sources, failed, outcome.reason
                     )
-            if finished:
+            if finished or (self._wake is not None and self._wake.is_set()):
                 return
-            stop.wait(POLL_SECONDS if self._pulls.active else min(5.0, seconds))
+            (stop if self._wake is None else self._wake).wait(
+                POLL_SECONDS if self._pulls.active else min(5.0, seconds)
+            )
 
     def _record_success(self, outcome: PullOutcome) -> None:
         now, ref, cost = self._clock.now(), outcome.model_ref, outcome.cost_bytes

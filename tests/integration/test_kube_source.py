@@ -181,6 +181,29 @@ def test_a_deleted_or_changed_isvc_disappears(
     assert not [r for r in source.records() if r.namespace == namespace]
 
 
+def test_changes_are_announced_and_a_status_update_is_not(
+    apiserver: ApiServer, namespace: str, start_source: Callable[..., IsvcModelSource]
+) -> None:
+    seen: list[frozenset[str]] = []  # the records' names at each announced change
+    holder: list[IsvcModelSource] = []
+
+    def announce() -> None:
+        if holder:
+            seen.append(frozenset(r.name for r in holder[0].records()))
+
+    holder.append(start_source(create_node(apiserver), namespaces=[namespace], on_change=announce))
+    apply_isvc(apiserver, namespace, "a", {"model": {"storageUri": CPU_URI}})
+    eventually(lambda: list(seen), lambda got: got == [frozenset({"a"})])
+    status = json.dumps({"status": {"url": "http://a.example", "conditions": [{"type": "Ready"}]}})
+    apiserver.kubectl(
+        "patch", "isvc", "a", "-n", namespace, "--subresource=status", "--type=merge", "-p", status
+    )
+    apply_isvc(apiserver, namespace, "b", {"model": {"storageUri": GPU_URI}})
+    # One watch delivers in order: had the status update been announced, {"a"} would come twice.
+    eventually(lambda: list(seen), lambda got: got[-1:] == [frozenset({"a", "b"})])
+    assert seen == [frozenset({"a"}), frozenset({"a", "b"})]
+
+
 def test_the_watch_carries_on_after_an_api_server_restart(
     apiserver: ApiServer, namespace: str, start_source: Callable[..., IsvcModelSource]
 ) -> None:

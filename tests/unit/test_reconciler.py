@@ -28,6 +28,7 @@ from prefetcher.testing.fakes import (
     FakeSource,
     image_id,
 )
+from tests.support.pods import wait_for
 from tests.unit.planner_inputs import digest
 
 MIB = 1024**2
@@ -57,7 +58,7 @@ class World:
     def want(self, *names: str, priority: int = 0) -> None:
         self.source.models = [ModelRequest(f"oci://{ref(n)}", priority, f"test {n}") for n in names]
 
-    def agent(self, state: AgentState | None = None) -> Reconciler:
+    def agent(self, state: AgentState | None = None, *, wake: threading.Event | None = None) -> Reconciler:
         return Reconciler(
             runtime=self.runtime,
             registry=self.registry,
@@ -71,6 +72,7 @@ class World:
             save_state=self.saved.append,
             draw=lambda: 0.5,
             pull_secrets=self.pull_secrets,
+            wake=wake,
         )
 
 
@@ -87,6 +89,26 @@ def test_once_pulls_what_fits_and_states_why_the_rest_is_skipped() -> None:
     assert skip.ref == ref("b") and skip.reason.value == "budget" and skip.sources == ("test b",)
     assert world.saved[-1].managed[ref("a")].cost_bytes == 600 * MIB
     assert "PrefetchSkipped" in world.events.reasons() and "Prefetched" in world.events.reasons()
+
+
+def test_a_source_change_starts_a_pass_at_once_not_at_the_next_resync() -> None:
+    world = World({"a": 10 * MIB}, config="resyncSeconds: 3600")
+    wake, stop = threading.Event(), threading.Event()
+    agent = world.agent(wake=wake)
+    loop = threading.Thread(target=agent.run, args=(stop,), daemon=True)
+    loop.start()
+    try:
+        wait_for(lambda: agent.passes >= 1, timeout_seconds=5, what="the first pass")
+        world.want("a")
+        wake.set()
+        # The fake clock never reaches the resync deadline: only the wake can start this pass.
+        wait_for(lambda: bool(world.runtime.pulls), timeout_seconds=5, what="a pull after the wake")
+    finally:
+        stop.set()
+        wake.set()
+        loop.join(timeout=5)
+    assert not loop.is_alive()
+    assert [p.ref for p in world.runtime.pulls] == [ref("a")]
 
 
 def test_registry_errors_fail_one_model_while_the_others_are_pulled() -> None:
