@@ -1,12 +1,13 @@
 # Two commands set everything up on a fresh Debian 12 machine: `make demo` and `make test`.
 PY ?= .venv/bin/python
-APT_PACKAGES := containerd runc docker-registry busybox-static
+APT_PACKAGES := containerd runc docker-registry busybox-static buildah mmdebstrap
 
 .PHONY: deps venv k8s-assets proto lint test test-unit demo bench clean
 
 deps: venv ## system packages (root) and the Python environment
 	@command -v containerd >/dev/null && command -v docker-registry >/dev/null && command -v runc >/dev/null \
-	  && test -x /usr/bin/busybox || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES); }
+	  && test -x /usr/bin/busybox && command -v buildah >/dev/null && command -v mmdebstrap >/dev/null \
+	  || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PACKAGES); }
 
 venv: .venv/.installed
 .venv/.installed: pyproject.toml
