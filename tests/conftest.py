@@ -4,5 +4,7 @@ pytest_plugins = [
     "tests.support.registry",
     "tests.support.oci",
     "tests.support.containerd",
+    "tests.support.agent_image",
     "tests.support.apiserver",
+    "tests.support.cluster",
 ]
