@@ -116,6 +116,19 @@ def warm_models(
     return registry, containerd, uris
 
 
+def agent_config(
+    workdir: Path, registry: RunningRegistry, containerd: RunningContainerd, port: int
+) -> dict[str, object]:
+    """The agent's settings for this registry and containerd: defaults otherwise."""
+    return {
+        "criEndpoint": containerd.endpoint,
+        "imageFsPath": str(containerd.root),
+        "stateFile": str(workdir / "state.json"),
+        "listenAddress": f"127.0.0.1:{port}",
+        "registries": {"insecure": [registry.host]},
+    }
+
+
 def start_agent(
     stack: ExitStack, workdir: Path, config: dict[str, object], uris: list[str]
 ) -> subprocess.Popen[bytes]:
@@ -173,13 +186,7 @@ def main() -> int:
         stack.callback(shutil.rmtree, workdir, True)
         registry, containerd, uris = warm_models(stack, workdir, opts.models)
         port = free_port()
-        config = {
-            "criEndpoint": containerd.endpoint,
-            "imageFsPath": str(containerd.root),
-            "stateFile": str(workdir / "state.json"),
-            "listenAddress": f"127.0.0.1:{port}",
-            "registries": {"insecure": [registry.host]},
-        }
+        config = agent_config(workdir, registry, containerd, port)
         started = time.monotonic()
         agent = start_agent(stack, workdir, config, uris)
         wait_settled(agent, f"http://127.0.0.1:{port}", len(uris), workdir / "agent.log")

@@ -45,7 +45,13 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.idle_rss import launch_agent, rss_samples, wait_settled, warm_models  # noqa: E402
+from bench.idle_rss import (  # noqa: E402
+    agent_config,
+    launch_agent,
+    rss_samples,
+    wait_settled,
+    warm_models,
+)
 from bench.isvc_objects import NODE_LABELS, Creator, background, isvc  # noqa: E402
 from prefetcher.adapters.cri import CriImageRuntime  # noqa: E402
 from tests.integration.test_kube_source import create_node  # noqa: E402
@@ -62,7 +68,7 @@ PULL_WAIT_SECONDS = 120.0  # beyond resyncSeconds, so a missed change still show
 REGISTRY_LINE = re.compile(
     r'time="(?P<time>[^"]+)".*msg="response completed".*'
     r'http\.request\.uri="(?P<uri>[^"]+)" http\.request\.useragent="containerd/.*'
-    r"http\.response\.duration=(?P<duration>[0-9.]+)(?P<unit>ns|µs|us|ms|s)\b"
+    r'http\.response\.duration="?(?P<duration>[0-9.]+)(?P<unit>ns|µs|us|ms|s)\b'  # quoted when in µs
 )
 PULL_LINE = re.compile(r'time="(?P<time>[^"]+)".*msg="PullImage \\"(?P<ref>[^"\\]+)\\""$')
 UNITS = {"ns": 1e-9, "µs": 1e-6, "us": 1e-6, "ms": 1e-3, "s": 1.0}
@@ -191,13 +197,7 @@ def run_count(
         create_seconds = time.monotonic() - started
         print(f"N={count}: created in {create_seconds:.1f}s; load average {os.getloadavg()[0]:.1f}")
         port = free_port()
-        config = {
-            "criEndpoint": containerd.endpoint,
-            "imageFsPath": str(containerd.root),
-            "stateFile": str(workdir / "state.json"),
-            "listenAddress": f"127.0.0.1:{port}",
-            "registries": {"insecure": [registry.host]},
-        }
+        config = agent_config(workdir, registry, containerd, port)
         (workdir / "agent.yaml").write_text(json.dumps(config))
         args = [
             "--config",
@@ -222,7 +222,11 @@ def run_count(
             f"RSS {rss / MIB:.1f} MiB, HWM {hwm / MIB:.1f} MiB"
         )
         observer = PullObserver(registry, containerd)
-        latencies = measure_pulls(creator, observer, containerd, images, opts.gap_seconds)
+        try:
+            latencies = measure_pulls(creator, observer, containerd, images, opts.gap_seconds)
+        except AssertionError as err:
+            tail = "\n".join((workdir / "agent.log").read_text().splitlines()[-40:])
+            raise AssertionError(f"{err}\nagent log:\n{tail}") from err
     object_bytes = int(statistics.mean(len(json.dumps(o)) for o in objects))
     return Row(count, object_bytes, create_seconds, sync_seconds, rss, hwm, idle_cpu, *latencies)
 
