@@ -8,22 +8,26 @@
 #
 #   --base-registry HOST:PORT  push the Debian base there as library/debian:bookworm-slim and
 #                              resolve the Dockerfile's `FROM debian:bookworm-slim` (docker.io)
-#                              from it, over plain HTTP; without it the base is taken from local
-#                              storage under that name and nothing is pulled
-#   --push REF                 push the image to REF (HOST:PORT/NAME:TAG, plain HTTP) and print
-#                              HOST:PORT/NAME@sha256:... on stdout; without it, print the image ID
+#                              from it (plain HTTP or unverified TLS, no auth); without it the
+#                              base is taken from local storage under that name, nothing pulled
+#   --push REF                 push the image to REF (HOST:PORT/NAME:TAG; plain HTTP or TLS
+#                              without verification, no auth) and print HOST:PORT/NAME@sha256:...
+#                              on stdout; without it, print the image ID of the local
+#                              localhost/modelcar-prefetcher:dev
 #   --storage-driver DRIVER    containers-storage driver: overlay (default), or vfs for a cache
 #                              directory on a filesystem overlayfs cannot use (slower, larger)
-#   --ca-bundle FILE|none      CA bundle the build's pip trusts, mounted for RUN steps only and
-#                              not part of the image; default: the host's, when present
+#   --ca-bundle FILE|none      CA bundle the build's pip trusts (say, with a TLS-intercepting
+#                              proxy's CA), mounted for RUN steps only, not part of the image;
+#                              default: the host's /etc/ssl/certs/ca-certificates.crt
 #   --refresh-base             bootstrap the Debian base again (a cached one never expires)
 #
 # Needs root, buildah and mmdebstrap (Debian packages), and the Debian mirror and PyPI during the
 # build: apt-get and pip run inside it. Progress goes to stderr, the result alone to stdout.
 #
 # The base stands in for Docker Hub's debian:bookworm-slim: a minimal root bootstrapped by
-# mmdebstrap (minbase, merged /usr) from the mirror below, with the official image's dpkg
-# excludes and apt settings, committed once as an image. Cached under
+# mmdebstrap (minbase, merged /usr) from $DEBIAN_MIRROR and $DEBIAN_SECURITY_MIRROR (default:
+# deb.debian.org), with the official image's dpkg excludes and apt settings, committed once as
+# an image. Cached under
 # ${MODELCAR_ASSETS_CACHE:-$HOME/.cache/modelcar-prefetcher}/:
 #   debian-<suite>-<variant>-<arch>-<recipe>.tar  the bootstrapped root; <recipe> hashes how it
 #                                                 is made, so changing that here rebuilds it
@@ -80,7 +84,7 @@ while (($#)); do
     --storage-driver) storage_driver="${2:?--storage-driver needs overlay or vfs}"; shift 2 ;;
     --ca-bundle) ca_bundle="${2:?--ca-bundle needs a file or none}"; shift 2 ;;
     --refresh-base) refresh_base=1; shift ;;
-    -h|--help) sed -n '2,33s/^# \{0,1\}//p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,37s/^# \{0,1\}//p' "$0"; exit 0 ;;
     *) die "unknown argument '$1' (see --help)" ;;
   esac
 done
