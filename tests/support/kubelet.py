@@ -26,6 +26,7 @@ from typing import Any
 from tests.support.apiserver import ControlPlaneError, Daemon
 from tests.support.registry import free_port
 
+ROOT_DIR_MAX = 70  # + "/pod-resources/" + 10 digits must fit sockaddr_un.sun_path (108 bytes)
 # "0%" switches a signal off (kubelet ignores 0% and 100% thresholds): a small image filesystem
 # filled on purpose must not turn into DiskPressure, a disk-pressure taint and evicted pods.
 RELAXED_EVICTION: Mapping[str, str] = {
@@ -77,25 +78,31 @@ class KubeletOptions:
 
 @dataclass(frozen=True)
 class KubeletPaths:
-    """Where one kubelet keeps its files, all under ``workdir``."""
+    """Where one kubelet keeps its files: config and log in ``workdir``, its state in ``state_dir``.
+
+    kubelet binds unix sockets deep under its root directory (``pod-resources/<10 digits>``), and
+    ``sun_path`` holds 108 bytes: the state directory needs a short path, which a test's temp
+    directory may not have.
+    """
 
     workdir: Path
+    state_dir: Path
 
     @property
     def root_dir(self) -> Path:
-        return self.workdir / "root"
+        return self.state_dir / "root"
 
     @property
     def cert_dir(self) -> Path:
-        return self.workdir / "pki"
+        return self.state_dir / "pki"
 
     @property
     def pod_logs_dir(self) -> Path:
-        return self.workdir / "pod-logs"
+        return self.state_dir / "pod-logs"
 
     @property
     def volume_plugin_dir(self) -> Path:
-        return self.workdir / "volume-plugins"
+        return self.state_dir / "volume-plugins"
 
     @property
     def config(self) -> Path:
@@ -231,7 +238,15 @@ def start_kubelet(
     The caller owns ``cgroup_root`` (``kubelet_host.cgroup_root``) and calls ``remove_host_leftovers`` once
     the runtime has removed the pods.
     """
-    for directory in (paths.root_dir, paths.cert_dir, paths.pod_logs_dir, paths.volume_plugin_dir):
+    if len(str(paths.root_dir)) > ROOT_DIR_MAX:
+        raise ControlPlaneError(f"kubelet root dir too long for its unix sockets: {paths.root_dir}")
+    for directory in (
+        paths.workdir,
+        paths.root_dir,
+        paths.cert_dir,
+        paths.pod_logs_dir,
+        paths.volume_plugin_dir,
+    ):
         directory.mkdir(parents=True, exist_ok=True)
     argv = kubelet_argv(
         assets / "kubelet", paths=paths, node_name=node_name, kubeconfig=kubeconfig, labels=options.labels

@@ -9,20 +9,29 @@ Several kubelets (this session's nodes, and other sessions on the same machine) 
   later run remove what a killed one left.
 * kubelet sets a few kernel tunables at start (``protectKernelDefaults: false``, the default).
   ``kernel_tunables_restored`` puts the host's values back afterwards.
-* kubelet links container logs into the fixed ``/var/log/containers`` and mounts volumes under its
-  root directory; ``remove_host_leftovers`` removes the links into its pod logs and the mounts.
+* kubelet links container logs into the fixed ``/var/log/containers`` and mounts volumes (and its
+  root directory onto itself) under its root directory; ``remove_host_leftovers`` removes the
+  links into its pod logs and the mounts.
+
+kubelet's state (root directory, certificates, pod logs) goes in a short-named directory in the
+temp dir, ``kubelet_state_dir``, removed after the node. A run that was killed leaves all of the
+above behind; the state directories carry the pid of the test process, like the cgroup roots, so
+``reap_dead_runs`` can remove what belongs to processes that no longer exist and nothing of a run
+still going.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from tests.support.mounts import unmount_under
+from tests.support.mounts import mount_points, mounts_under, unmount_under
 
 # kubelet 1.32, container_manager_linux.go setupKernelTunables: the values it writes.
 KERNEL_TUNABLES = (
@@ -36,6 +45,45 @@ KERNEL_TUNABLES = (
 CONTAINER_LOG_LINKS = Path("/var/log/containers")
 CGROUP_REMOVE_TIMEOUT_SECONDS = 30.0
 _CGROUP_ROOT = re.compile(r"modelcar-kubelet-(\d+)-")
+_STATE_DIR = re.compile(r"/modelcar-kubelet-(\d+)-[^/]+")
+
+
+def _dead(pid: str) -> bool:
+    return not Path(f"/proc/{pid}").exists()
+
+
+@contextmanager
+def kubelet_state_dir() -> Iterator[Path]:
+    """A short-named directory in the temp dir, named for this process; removed on exit.
+
+    Left in place if something is still mounted under it (``reap_dead_runs`` retries later).
+    """
+    path = Path(tempfile.mkdtemp(prefix=f"modelcar-kubelet-{os.getpid()}-"))
+    try:
+        yield path
+    finally:
+        if not mounts_under(path):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def reap_dead_runs() -> None:
+    """Remove the mounts, log links, state and (empty) cgroup roots of kubelets of dead runs."""
+    stale = {point[: m.end()] for point in mount_points() if (m := _STATE_DIR.search(point)) and _dead(m[1])}
+    for state in stale:
+        with suppress(AssertionError):  # still busy: a later run tries again
+            unmount_under(Path(state))
+    if CONTAINER_LOG_LINKS.is_dir():
+        for link in CONTAINER_LOG_LINKS.iterdir():
+            with suppress(OSError):
+                if (m := _STATE_DIR.search(os.readlink(link))) and _dead(m[1]):
+                    link.unlink()
+    for state_dir in Path(tempfile.gettempdir()).glob("modelcar-kubelet-*"):
+        if (m := _STATE_DIR.search(f"/{state_dir.name}")) and _dead(m[1]) and not mounts_under(state_dir):
+            shutil.rmtree(state_dir, ignore_errors=True)
+    for hierarchy in _hierarchies("cgroup", "cgroup2"):
+        for top in hierarchy.glob("modelcar-kubelet-*"):
+            if (m := _CGROUP_ROOT.match(top.name)) and _dead(m[1]):
+                _remove_cgroup_tree(top.name)
 
 
 def _hierarchies(*types: str) -> list[Path]:
@@ -67,19 +115,9 @@ def _remove_cgroup_tree(name: str) -> list[Path]:
     return left
 
 
-def reap_stale_cgroup_roots() -> None:
-    """Remove the (empty) cgroup roots of test kubelets whose process is gone."""
-    for hierarchy in _hierarchies("cgroup", "cgroup2"):
-        for top in hierarchy.glob("modelcar-kubelet-*"):
-            match = _CGROUP_ROOT.match(top.name)
-            if match is not None and not Path(f"/proc/{match.group(1)}").exists():
-                _remove_cgroup_tree(top.name)
-
-
 @contextmanager
 def cgroup_root(node_name: str) -> Iterator[str]:
     """A cgroup root for one kubelet's pods in every v1 hierarchy; removed when the block exits."""
-    reap_stale_cgroup_roots()
     name = f"/modelcar-kubelet-{os.getpid()}-{node_name}"
     try:
         for hierarchy in _hierarchies("cgroup"):

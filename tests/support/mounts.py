@@ -32,14 +32,16 @@ _IMAGE_NAME = re.compile(r"modelcar-imagefs-(\d+)\.ext4")
 _TIMEOUT_SECONDS = 60
 
 
+def mount_points() -> list[str]:
+    """Every mount point of this mount namespace."""
+    lines = Path("/proc/self/mountinfo").read_text().splitlines()
+    return [line.split()[4].replace("\\040", " ") for line in lines]
+
+
 def mounts_under(directory: Path) -> list[str]:
     """Mount points at or below ``directory``, deepest first."""
     prefix = str(directory)
-    points = []
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        point = line.split()[4].replace("\\040", " ")
-        if point == prefix or point.startswith(prefix + "/"):
-            points.append(point)
+    points = [p for p in mount_points() if p == prefix or p.startswith(prefix + "/")]
     return sorted(points, key=len, reverse=True)
 
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from tests.support.apiserver import ApiServer, ControlPlaneError
 from tests.support.containerd import RunningContainerd, start_containerd
 from tests.support.kubelet import Kubelet, KubeletOptions, KubeletPaths, start_kubelet
-from tests.support.kubelet_host import cgroup_root, remove_host_leftovers
+from tests.support.kubelet_host import cgroup_root, kubelet_state_dir, reap_dead_runs, remove_host_leftovers
 from tests.support.mounts import FsUsage
 from tests.support.pods import parse_cri_log, wait_for
 
@@ -167,9 +167,10 @@ def start_node(
     name = f"node-{uuid.uuid4().hex[:10]}"
     apiserver = cluster.apiserver
     kubeconfig = apiserver.write_kubeconfig(f"system:node:{name}", ["system:nodes"])
+    reap_dead_runs()
     with ExitStack() as stack:
+        paths = KubeletPaths(workdir / "kubelet", stack.enter_context(kubelet_state_dir()))
         cgroups = stack.enter_context(cgroup_root(name))
-        paths = KubeletPaths(workdir / "kubelet")
         stack.callback(remove_host_leftovers, root_dir=paths.root_dir, pod_logs_dir=paths.pod_logs_dir)
         stack.callback(apiserver.kubectl, "delete", "node", name, "--ignore-not-found", "--wait=false")
         containerd = stack.enter_context(
