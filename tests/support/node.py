@@ -7,8 +7,8 @@ readiness and logs, and a kubelet restart. Every wait that times out reports the
 daemon's log (kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, containerd).
 
 Teardown runs in the order the host needs: kubelet stops, containerd removes the pods and their
-processes, kubelet's volume mounts and log links go, the Node object is deleted, and the node's
-cgroup root is removed last (it is busy until the container processes have exited).
+processes, the Node object is deleted, kubelet's volume mounts and log links go, then the node's
+cgroup root (busy until the container processes have exited) and kubelet's state directory.
 """
 
 from __future__ import annotations
