@@ -8,7 +8,7 @@ Several kubelets (this session's nodes, and other sessions on the same machine) 
   removes it, deepest first, once the container processes are gone; the pid in the name lets a
   later run remove what a killed one left.
 * kubelet sets a few kernel tunables at start (``protectKernelDefaults: false``, the default).
-  ``kernel_tunables_restored`` puts the host's values back afterwards.
+  ``kernel_tunables_restored`` puts the host's values back afterwards, also after a killed run.
 * kubelet links container logs into the fixed ``/var/log/containers`` and mounts volumes (and its
   root directory onto itself) under its root directory; ``remove_host_leftovers`` removes the
   links into its pod logs and the mounts.
@@ -22,6 +22,7 @@ still going.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -43,6 +44,7 @@ KERNEL_TUNABLES = (
     "kernel/keys/root_maxbytes",
 )
 CONTAINER_LOG_LINKS = Path("/var/log/containers")
+TUNABLES_RECORD = Path(tempfile.gettempdir()) / "modelcar-kernel-tunables.json"
 CGROUP_REMOVE_TIMEOUT_SECONDS = 30.0
 _CGROUP_ROOT = re.compile(r"modelcar-kubelet-(\d+)-")
 _STATE_DIR = re.compile(r"/modelcar-kubelet-(\d+)-[^/]+")
@@ -136,21 +138,41 @@ def cgroup_root(node_name: str) -> Iterator[str]:
             raise AssertionError(f"cgroups of {node_name} still busy after teardown: {left}")
 
 
-@contextmanager
-def kernel_tunables_restored() -> Iterator[None]:
-    """Put back the kernel tunables kubelet changes, as they were when the block began."""
-    saved = {}
+def _original_tunables() -> dict[str, str]:
+    """The host's values from before any test kubelet ran.
+
+    Those recorded by a run still going (or killed), else the current ones, recorded for the next.
+    """
+    with suppress(OSError, ValueError):
+        recorded: dict[str, str] = json.loads(TUNABLES_RECORD.read_text())
+        return recorded
+    values = {}
     for name in KERNEL_TUNABLES:
         with suppress(OSError):
-            saved[name] = (Path("/proc/sys") / name).read_text()
+            values[name] = (Path("/proc/sys") / name).read_text()
+    with suppress(OSError):
+        TUNABLES_RECORD.write_text(json.dumps(values))
+    return values
+
+
+@contextmanager
+def kernel_tunables_restored() -> Iterator[None]:
+    """Put back the kernel tunables kubelet changes, as they were before any test kubelet.
+
+    The values are also recorded in a file, so that the run after one that was killed restores
+    the host's values and not the ones kubelet set.
+    """
+    original = _original_tunables()
     try:
         yield
     finally:
-        for name, value in saved.items():
+        for name, value in original.items():
             path = Path("/proc/sys") / name
             with suppress(OSError):
                 if path.read_text() != value:
                     path.write_text(value)
+        with suppress(OSError):
+            TUNABLES_RECORD.unlink()
 
 
 def _remove_log_links(target_prefix: Path) -> None:
