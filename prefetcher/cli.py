@@ -182,14 +182,14 @@ def _source(
         on_change=on_change,
     )
     source.start()
-    synced = source.wait_synced(timeout_seconds=60)
-    if not synced:
+    if not source.wait_synced(timeout_seconds=60):
         log.warning("InferenceServices not listed within 60s; carrying on, the watch keeps trying")
-    # Never lift the start-up taint on a desired set that was simply not listed yet.
+    # A pass fails until the first list, so the taint is never lifted as "warm" on a desired set that
+    # was simply not listed yet; failed passes still reach the hook, so the deadline holds.
     taint = StartupTaint(
         api,
         node_name=args.node_name,
-        key=k.startup_taint if synced else "",
+        key=k.startup_taint,
         deadline_seconds=k.startup_taint_deadline_seconds,
         clock=SystemClock(),
     )
@@ -221,6 +221,39 @@ def _run_agent(args: argparse.Namespace) -> int:
     config = WatchedFile(args.config, load_config, on_reload=count)
     cfg = config.current()
     configure_logging(level=cfg.log_level, json_format=cfg.log_format == "json")
+    wired: list[Reconciler] = []
+    # Served before the first list of InferenceServices (up to a minute), so the liveness probe
+    # does not restart an agent that is waiting for the API server.
+    server = HealthServer(
+        address=parse_address(cfg.listen_address),
+        registry=metrics.registry,
+        live=lambda: (True, "ok"),
+        ready=lambda: _readiness(wired),
+    )
+    server.start()
+    try:
+        return _serve(args, config=config, cfg=cfg, metrics=metrics, count=count, sinks=sinks, wired=wired)
+    finally:
+        server.stop()
+
+
+def _readiness(wired: list[Reconciler]) -> tuple[bool, str]:
+    if not wired:
+        return False, "starting"
+    reconciler = wired[0]
+    return reconciler.healthy, f"passes={reconciler.passes} runtime_ok={reconciler.healthy}"
+
+
+def _serve(
+    args: argparse.Namespace,
+    *,
+    config: WatchedFile[Config],
+    cfg: Config,
+    metrics: Metrics,
+    count: Callable[[str, str], None],
+    sinks: list[EventSink],
+    wired: list[Reconciler],
+) -> int:
     wake = threading.Event()  # set by a source change: plan again now, not at the next resync
     source = _source(args, cfg, count, wake.set)
     sinks.append(source.events)
@@ -246,20 +279,13 @@ def _run_agent(args: argparse.Namespace) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, request_stop)
-    server = HealthServer(
-        address=parse_address(cfg.listen_address),
-        registry=metrics.registry,
-        live=lambda: (True, "ok"),
-        ready=lambda: (reconciler.healthy, f"passes={reconciler.passes} runtime_ok={reconciler.healthy}"),
-    )
-    server.start()
+    wired.append(reconciler)
     log.info(
         "prefetcher %s starting (config %s, models %s)", __version__, args.config, args.models or "cluster"
     )
     try:
         code = reconciler.run(stop, once=args.once)
     finally:
-        server.stop()
         source.stop()
     if args.once:
         print_plan(reconciler.report.plan, failed=reconciler.report.failed)

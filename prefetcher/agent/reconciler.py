@@ -162,17 +162,22 @@ class Reconciler:
             self._metrics.reconcile_errors.labels(type(err).__name__).inc()
             log.error("reconcile pass failed: %s", err)
             self.last_error = str(err)[:300]
+            # A failed pass settles nothing, but deadlines and the reported last error still move on.
+            self._run_after_pass(settled=False)
             return str(err)
         self.passes += 1
         self.healthy = True
         self._metrics.last_reconcile.set(self._clock.now())
-        if self._after_pass is not None:
-            settled = not self._pulls.active and not self.report.plan.pulls
-            try:
-                self._after_pass(settled=settled, summary=self.summary())
-            except PrefetchError as err:
-                log.error("after-pass hook failed: %s", err)
+        self._run_after_pass(settled=not self._pulls.active and not self.report.plan.pulls)
         return None
+
+    def _run_after_pass(self, *, settled: bool) -> None:
+        if self._after_pass is None:
+            return
+        try:
+            self._after_pass(settled=settled, summary=self.summary())
+        except PrefetchError as err:
+            log.error("after-pass hook failed: %s", err)
 
     def summary(self) -> dict[str, object]:
         """What an operator wants at a glance: warm models and bytes, budget, pulls, skips, last error."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import replace
 
 import pytest
@@ -58,7 +59,13 @@ class World:
     def want(self, *names: str, priority: int = 0) -> None:
         self.source.models = [ModelRequest(f"oci://{ref(n)}", priority, f"test {n}") for n in names]
 
-    def agent(self, state: AgentState | None = None, *, wake: threading.Event | None = None) -> Reconciler:
+    def agent(
+        self,
+        state: AgentState | None = None,
+        *,
+        wake: threading.Event | None = None,
+        after_pass: Callable[..., None] | None = None,
+    ) -> Reconciler:
         return Reconciler(
             runtime=self.runtime,
             registry=self.registry,
@@ -73,6 +80,7 @@ class World:
             draw=lambda: 0.5,
             pull_secrets=self.pull_secrets,
             wake=wake,
+            after_pass=after_pass,
         )
 
 
@@ -204,6 +212,19 @@ def test_runtime_down_fails_the_pass_loudly_and_the_next_pass_recovers() -> None
     world.runtime.down = False
     agent._pass_safely(None)
     assert agent.healthy and [p.ref for p in world.runtime.pulls] == [ref("a")]
+
+
+def test_the_after_pass_hook_sees_failed_passes_as_unsettled_with_their_error() -> None:
+    world = World({"a": 10 * MIB})
+    world.want("a")
+    seen: list[tuple[bool, object]] = []
+    agent = world.agent(after_pass=lambda *, settled, summary: seen.append((settled, summary["lastError"])))
+    world.runtime.down = True
+    agent._pass_safely(None)
+    assert agent.last_error and seen == [(False, agent.last_error)]
+    world.runtime.down = False
+    agent._pass_safely(None)
+    assert seen[-1][0] is False, "a pass that started a pull is not settled"
 
 
 def test_a_workloads_pull_secret_is_used_to_resolve_and_pull_its_model() -> None:
