@@ -6,9 +6,10 @@ the list's resourceVersion with bookmarks; ``410 Gone`` means list again; any ot
 (the API server restarting, a dropped connection) is retried with jittered back-off from the last
 resourceVersion seen. Pages are turned into ``IsvcModels`` as they arrive, so neither the raw JSON
 nor a kubernetes model object outlives its page. Which models this node should warm is decided by
-the pure ``core.isvc.select``; the source only holds the latest records and node. ``on_change``
-is called whenever what it holds changes (not for an update the records do not keep, such as a
-status change), so the agent can plan again at once instead of at its next resync.
+the pure ``core.isvc.select`` (through ``core.selector``, which fits again only what changed);
+the source only holds the latest records and node. ``on_change`` is called whenever what it holds
+changes (not for an update the records do not keep, such as a status change), so the agent can
+plan again at once instead of at its next resync.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ from typing import Any, Generic, TypeVar
 from prefetcher.adapters import kube_api
 from prefetcher.adapters.kube_api import Collection, EventRecorder, KubeStatusError, ObjectRef
 from prefetcher.core.backoff import BackoffPolicy
-from prefetcher.core.isvc import PRIORITY_ANNOTATION, IsvcModels, Selection, extract_models, select
+from prefetcher.core.isvc import PRIORITY_ANNOTATION, IsvcModels, Selection, extract_models
 from prefetcher.core.model import ModelRequest
 from prefetcher.core.nodefit import NodeInfo, node_info_from, node_matches_selector
+from prefetcher.core.selector import Selector
 from prefetcher.errors import KubeError
 
 log = logging.getLogger(__name__)
@@ -174,6 +176,7 @@ class IsvcModelSource:
         self._node: tuple[NodeInfo, str] | None = None
         self._generation = 0
         self._cached: tuple[int, Selection] | None = None
+        self._selector = Selector(ignore_taints=ignore_taints)
         settings = settings or WatchSettings()
         scopes: list[str | None] = [*namespaces] or [None]
         self._watches: list[ListWatch[Any]] = [
@@ -229,7 +232,7 @@ class IsvcModelSource:
         if self._node_selector is not None and not node_matches_selector(node, self._node_selector):
             selection = Selection()
         else:
-            selection = select(records, node, ignore_taints=self._ignore_taints)
+            selection = self._selector.select(records, node)
         with self._lock:
             self._cached = (generation, selection)
         return selection
