@@ -170,7 +170,7 @@ class IsvcModelSource:
             scale_to_zero_boost=scale_to_zero_boost,
             priority_annotation=priority_annotation,
         )
-        self._ignore_taints, self._node_selector, self._recorder = ignore_taints, node_selector, recorder
+        self._node_selector, self._recorder = node_selector, recorder
         self._lock = threading.Lock()
         self._records: dict[str, IsvcModels] = {}
         self._node: tuple[NodeInfo, str] | None = None
