@@ -7,4 +7,5 @@ pytest_plugins = [
     "tests.support.agent_image",
     "tests.support.apiserver",
     "tests.support.cluster",
+    "tests.support.service_route",
 ]
