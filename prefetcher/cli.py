@@ -21,7 +21,7 @@ from prefetcher import __version__
 from prefetcher.adapters.cri import CriImageRuntime, detect_endpoint
 from prefetcher.adapters.disk import StatvfsDisk
 from prefetcher.adapters.docker_config import read_docker_config
-from prefetcher.adapters.files import FileModelSource, StateFile, WatchedFile
+from prefetcher.adapters.files import FileModelSource, StateFile, WatchedFile, read_config_file
 from prefetcher.adapters.registry import HttpRegistry
 from prefetcher.agent.health import HealthServer, parse_address
 from prefetcher.agent.reconciler import Reconciler
@@ -224,12 +224,16 @@ def _run_agent(args: argparse.Namespace) -> int:
     wired: list[Reconciler] = []
     # Served before the first list of InferenceServices (up to a minute), so the liveness probe
     # does not restart an agent that is waiting for the API server.
-    server = HealthServer(
-        address=parse_address(cfg.listen_address),
-        registry=metrics.registry,
-        live=lambda: (True, "ok"),
-        ready=lambda: _readiness(wired),
-    )
+    try:
+        server = HealthServer(
+            address=parse_address(cfg.listen_address),
+            registry=metrics.registry,
+            live=lambda: (True, "ok"),
+            ready=lambda: _readiness(wired),
+        )
+    except OSError as err:
+        reason = err.strerror or str(err)
+        raise ConfigError(f"listenAddress {cfg.listen_address}: cannot listen: {reason}") from err
     server.start()
     try:
         return _serve(args, config=config, cfg=cfg, metrics=metrics, count=count, sinks=sinks, wired=wired)
@@ -303,7 +307,7 @@ def _run_webhook(args: argparse.Namespace) -> int:
 
 
 def _run_plan(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config.read_text())
+    cfg = load_config(read_config_file(args.config))
     configure_logging(level="warning", json_format=False)
     source = _source(args, cfg, lambda *_: None)
     saved = StateFile(Path(cfg.state_file)).load()

@@ -33,6 +33,13 @@ def _between(low: float, high: float) -> Check:
     return lambda v: None if low <= v <= high else f"must be between {low:g} and {high:g}"
 
 
+def _host_port(value: str) -> str | None:
+    _host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        return 'must be host:port (port 0-65535; ":8080" listens on every interface)'
+    return None
+
+
 def _one_of(*choices: str) -> Check:
     return lambda v: None if v in choices else f"must be one of {', '.join(choices)}"
 
@@ -155,7 +162,7 @@ class Config:
     resync_seconds: float = _opt(
         30.0, "Time between reconcile passes when nothing changes.", _between(1, 86400)
     )
-    listen_address: str = _opt("0.0.0.0:8080", "Address of /metrics, /healthz and /readyz.")
+    listen_address: str = _opt("0.0.0.0:8080", "Address of /metrics, /healthz and /readyz.", _host_port)
     log_format: str = _opt("text", "`text` or `json`.", _one_of("text", "json"))
     log_level: str = _opt(
         "info", "debug, info, warning or error.", _one_of("debug", "info", "warning", "error")

@@ -60,6 +60,14 @@ class StateFile:
             raise StateError(f"cannot write state file {self._path}: {err}") from err
 
 
+def read_config_file(path: Path) -> str:
+    """The text of a config or models file; an unreadable one is a ``ConfigError`` naming it."""
+    try:
+        return path.read_text()
+    except OSError as err:
+        raise ConfigError(f"cannot read {path}: {err.strerror or err}") from err
+
+
 class WatchedFile(Generic[T]):
     """A YAML document reloaded when its content changes; an invalid one keeps the last good value.
 
@@ -72,9 +80,8 @@ class WatchedFile(Generic[T]):
         self._path = path
         self._parse = parse
         self._on_reload = on_reload
-        self._text: str | None = None
-        self._value: T = parse(path.read_text())  # the first load must succeed: fail fast at start-up
-        self._text = path.read_text()
+        self._text: str = read_config_file(path)  # the first load must succeed: fail fast at start-up
+        self._value: T = parse(self._text)
 
     def current(self) -> T:
         """The last good value, after picking up any change on disk."""

@@ -129,9 +129,10 @@ class Reconciler:
         now = self._clock.now()
         cached = self._runtime.list_images()
         cached_refs = frozenset(r for image in cached for r in image.refs)
-        backoff = {ref: b.until for ref, b in self._state.backoff.items()}
-        if failed_this_run is not None:
-            backoff.update({ref: float("inf") for ref in failed_this_run})
+        if failed_this_run is None:
+            backoff = {ref: b.until for ref, b in self._state.backoff.items()}
+        else:  # a one-shot run tries every model once, whatever an earlier run's back-off said
+            backoff = dict.fromkeys(failed_this_run, float("inf"))
         resolution = self._resolver.resolve_all(
             self._source.requests(),
             cached_refs=cached_refs,

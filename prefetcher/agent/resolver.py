@@ -73,7 +73,12 @@ class Resolver:
             key = ref.canonical()
             if not ref.pinned and tag_policy == "reject":
                 skips.append(
-                    Skip(key, SkipReason.TAG_REJECTED, "tag-only reference refused by pull.tagPolicy")
+                    Skip(
+                        key,
+                        SkipReason.TAG_REJECTED,
+                        "tag-only reference refused by pull.tagPolicy",
+                        (request.source,),
+                    )
                 )
                 continue
             if key in cached_refs and (ref.pinned or tag_policy == "allow"):
@@ -85,7 +90,7 @@ class Resolver:
                     Skip(
                         key,
                         SkipReason.BACKOFF,
-                        retry_note("lookup", wait),
+                        retry_note("attempt", wait),
                         (request.source,),
                     )
                 )

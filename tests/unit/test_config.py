@@ -43,6 +43,9 @@ def test_keys_are_camel_case_and_nested() -> None:
         ("- 1", "config: expected a mapping"),
         ("a: [", "config is not valid YAML"),
         ("kubernetes: {nodeSelector: {gpu: 1}}", "kubernetes.nodeSelector: expected a mapping of strings"),
+        ("listenAddress: 'localhost:metrics'", "listenAddress: must be host:port"),
+        ("listenAddress: '8080'", "listenAddress: must be host:port"),
+        ("listenAddress: ':70000'", "listenAddress: must be host:port"),
     ],
 )
 def test_invalid_config_names_the_key_and_value(text: str, message: str) -> None:
@@ -112,3 +115,9 @@ def test_state_file_round_trips_and_sets_a_corrupt_one_aside(tmp_path: Path) -> 
     (tmp_path / "state" / "state.json").write_text("{not json")
     assert state_file.load() == AgentState()
     assert (tmp_path / "state" / "state.corrupt").exists()
+
+
+def test_an_unreadable_config_file_is_a_config_error_naming_it(tmp_path: Path) -> None:
+    missing = tmp_path / "agent.yaml"
+    with pytest.raises(ConfigError, match=f"^cannot read {re.escape(str(missing))}: No such file"):
+        WatchedFile(missing, load_config, on_reload=lambda *_: None)

@@ -153,6 +153,16 @@ def test_failed_pull_backs_off_and_is_not_retried_within_the_run() -> None:
     assert entry.until == pytest.approx(world.clock.now() + 30, rel=0.25)
 
 
+def test_a_one_shot_run_tries_a_model_an_earlier_run_left_backing_off() -> None:
+    world = World({"a": 10 * MIB})
+    world.runtime.failures[ref("a")] = PullFailedError("not found", reason="not_found")
+    world.want("a")
+    assert world.agent().run(threading.Event(), once=True) == 1
+    del world.runtime.failures[ref("a")]
+    assert world.agent(world.saved[-1]).run(threading.Event(), once=True) == 0
+    assert [p.ref for p in world.runtime.pulls] == [ref("a"), ref("a")]
+
+
 def test_restart_resumes_from_state_without_pulling_again_and_evicts_what_is_unwanted() -> None:
     world = World({"a": 10 * MIB, "b": 10 * MIB})
     world.want("a", "b")
@@ -261,3 +271,11 @@ def test_a_failed_pull_says_why_the_workloads_secrets_were_not_used() -> None:
     assert world.saved[-1].backoff[ref("a")].last_error == (
         "401 unauthorized; the workload's pull secrets were not used: secret team-a/x not found"
     )
+
+
+def test_a_rejected_tag_is_reported_on_the_object_that_asked_for_it() -> None:
+    world = World({}, config="pull: {tagPolicy: reject}")
+    world.source.models = [ModelRequest(f"oci://{HOST}/models/llm:latest", 0, "isvc ns/llm")]
+    world.agent().run(threading.Event(), once=True)
+    skipped = [e for e in world.events.events if e[2] == "PrefetchSkipped"]
+    assert skipped and skipped[0][0] == ("isvc ns/llm",), world.events.events
