@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
-import shutil
 import ssl
 import subprocess
 import threading
@@ -23,12 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from cryptography import x509
 
 from prefetcher.webhook.config import WebhookConfig
-from tests.integration.test_webhook_server import Served, WebhookCA, start_server
+from tests.integration.test_webhook_server import Served, start_server
 from tests.support.apiserver import ApiServer, Daemon
+from tests.support.webhook import register, rendered_webhook_config
 
 pytestmark = pytest.mark.integration
 
@@ -54,26 +53,6 @@ def kubectl(apiserver: ApiServer, *args: str, input: str | None = None) -> subpr
     return subprocess.run(argv, input=input, capture_output=True, text=True, timeout=60, check=False)
 
 
-def rendered_webhook_config() -> dict[str, Any]:
-    kubectl_bin = shutil.which("kubectl") or "/usr/bin/kubectl"
-    out = subprocess.run(
-        [kubectl_bin, "kustomize", str(REPO / "deploy" / "webhook")],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    ).stdout
-    docs = [doc for doc in yaml.safe_load_all(out) if doc]
-    config: dict[str, Any] = next(d for d in docs if d["kind"] == "MutatingWebhookConfiguration")
-    return config
-
-
-def register(apiserver: ApiServer, config: dict[str, Any], *, url: str, ca: WebhookCA) -> None:
-    for webhook in config["webhooks"]:
-        webhook["clientConfig"] = {"url": url, "caBundle": base64.b64encode(ca.pem).decode()}
-    apiserver.kubectl("apply", "-f", "-", input=json.dumps(config))
-
-
 @pytest.fixture(scope="module")
 def webhook(apiserver: ApiServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """Our server (default config: native sidecar) registered with the shipped configuration."""
@@ -82,7 +61,7 @@ def webhook(apiserver: ApiServer, tmp_path_factory: pytest.TempPathFactory) -> I
         apiserver,
         rendered_webhook_config(),
         url=f"https://127.0.0.1:{served.server.port}/mutate",
-        ca=served.ca,
+        ca_pem=served.ca.pem,
     )
     yield served
     apiserver.kubectl("delete", "mutatingwebhookconfiguration", CONFIG_NAME, "--ignore-not-found")
@@ -352,7 +331,7 @@ def touching_webhook(apiserver: ApiServer, webhook: Served, tmp_path: Path) -> I
             }
         ],
     }
-    register(apiserver, config, url=f"https://127.0.0.1:{server.server_address[1]}/", ca=webhook.ca)
+    register(apiserver, config, url=f"https://127.0.0.1:{server.server_address[1]}/", ca_pem=webhook.ca.pem)
     yield
     apiserver.kubectl("delete", "mutatingwebhookconfiguration", "zz-touch")
     server.shutdown()
@@ -392,7 +371,7 @@ def test_classic_sidecar_mode_is_accepted_by_the_api_server(
     for entry in config["webhooks"]:
         entry["name"] = entry["name"].replace("modelcar-prefetcher.io", "classic.modelcar-prefetcher.io")
         entry["namespaceSelector"] = {"matchLabels": {"kubernetes.io/metadata.name": ns}}
-    register(apiserver, config, url=f"https://127.0.0.1:{classic.server.port}/mutate", ca=classic.ca)
+    register(apiserver, config, url=f"https://127.0.0.1:{classic.server.port}/mutate", ca_pem=classic.ca.pem)
     try:
         manifest = pod_manifest(
             "p",
