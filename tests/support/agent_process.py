@@ -1,13 +1,15 @@
 """Test support: the agent CLI following InferenceServices, as a process of its own.
 
 ``agent_config`` is the agent's configuration for a test containerd and registries (JSON, which is
-YAML). ``run_agent_once`` runs ``prefetcher agent --once``; ``running_agent`` keeps ``prefetcher
+YAML). ``run_agent_once`` runs ``prefetcher agent --once``; ``prefetch_models`` runs it once over a
+models file instead of InferenceServices; ``running_agent`` keeps ``prefetcher
 agent`` running with its metrics on a free loopback port, and every probe of it fails at once, with
 its log, if the process died.
 """
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -60,6 +62,20 @@ def run_agent_once(
     """One full plan of the agent, carried out; its exit code and output."""
     command = agent_command(config, node=node, kubeconfig=kubeconfig, once=True, extra=extra)
     return subprocess.run(command, capture_output=True, text=True, timeout=AGENT_TIMEOUT_SECONDS, check=False)
+
+
+def prefetch_models(
+    containerd: RunningContainerd, registry_hosts: Sequence[str], workdir: Path, uris: Sequence[str]
+) -> subprocess.CompletedProcess[str]:
+    """``prefetcher agent --once`` with a models file naming ``uris``, files under ``workdir``."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    config, models = workdir / "agent.yaml", workdir / "models.yaml"
+    config.write_text(json.dumps(agent_config(containerd, registry_hosts, workdir)))
+    models.write_text(json.dumps({"models": [{"uri": uri} for uri in uris]}))
+    command = [sys.executable, "-m", "prefetcher", "agent", "--config", str(config), "--models", str(models)]
+    return subprocess.run(
+        [*command, "--once"], capture_output=True, text=True, timeout=AGENT_TIMEOUT_SECONDS, check=False
+    )
 
 
 @dataclass

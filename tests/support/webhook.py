@@ -2,14 +2,16 @@
 
 ``rendered_webhook_config`` is the MutatingWebhookConfiguration of deploy/webhook as kustomize
 renders it; ``register`` points its entries at a URL with a ``caBundle``. ``webhook_process`` runs
-the real CLI with the shipped config file (deploy/webhook/base/webhook.yaml) on a free loopback
-port, serving a certificate from the API server's test CA, and registers it for one namespace only,
-under a configuration name of its own, so it never sees another test's pods.
+the real CLI with the shipped config file (deploy/webhook/base/webhook.yaml, optionally with some
+settings replaced) on a free loopback port, serving a certificate from the API server's test CA,
+and registers it for one namespace only, under a configuration name of its own, so it never sees
+another test's pods.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import shutil
 import ssl
@@ -17,7 +19,7 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,18 +77,18 @@ def _healthy(port: int, context: ssl.SSLContext) -> bool:
         return False
 
 
-def _start(apiserver: ApiServer, workdir: Path) -> tuple[Daemon, int]:
+def _start(apiserver: ApiServer, workdir: Path, config_file: Path) -> tuple[Daemon, int]:
     """The CLI on a free port (retried: another process may take the port first), once healthy."""
     crt, key = apiserver.pki.issue("webhook-serving", common_name="webhook", server=True, sans=["127.0.0.1"])
     context = ssl.create_default_context(cafile=str(apiserver.ca_file))
     for attempt in range(1, _START_ATTEMPTS + 1):
         port = free_port()
-        argv = [sys.executable, "-m", "prefetcher", "webhook", f"--config={WEBHOOK_CONFIG_FILE}"]
+        argv = [sys.executable, "-m", "prefetcher", "webhook", f"--config={config_file}"]
         argv += [f"--cert={crt}", f"--key={key}", f"--listen=127.0.0.1:{port}"]
         daemon = Daemon("webhook", argv, workdir / "webhook.log")
         daemon.start()
         try:
-            daemon.wait_until(lambda port=port: _healthy(port, context), "a healthy /healthz")
+            daemon.wait_until(functools.partial(_healthy, port, context), "a healthy /healthz")
         except ControlPlaneError:
             daemon.stop()
             if attempt == _START_ATTEMPTS:
@@ -97,16 +99,26 @@ def _start(apiserver: ApiServer, workdir: Path) -> tuple[Daemon, int]:
 
 
 @contextmanager
-def webhook_process(apiserver: ApiServer, workdir: Path, *, namespace: str) -> Iterator[WebhookProcess]:
-    """Run the webhook CLI and register the shipped configuration for ``namespace`` only."""
+def webhook_process(
+    apiserver: ApiServer, workdir: Path, *, namespace: str, settings: Mapping[str, object] | None = None
+) -> Iterator[WebhookProcess]:
+    """Run the webhook CLI and register the shipped configuration for ``namespace`` only.
+
+    ``settings`` (camelCase keys of the webhook config) replace the shipped file's values.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
+    config_file = WEBHOOK_CONFIG_FILE
+    if settings:
+        config_file = workdir / "webhook.yaml"
+        shipped = yaml.safe_load(WEBHOOK_CONFIG_FILE.read_text())
+        config_file.write_text(yaml.safe_dump({**shipped, **settings}))
     config = rendered_webhook_config()
     name = f"{config['metadata']['name']}-{namespace}"
     config["metadata"]["name"] = name
     only_here = {"key": "kubernetes.io/metadata.name", "operator": "In", "values": [namespace]}
     for entry in config["webhooks"]:
         entry["namespaceSelector"]["matchExpressions"].append(only_here)
-    daemon, port = _start(apiserver, workdir)
+    daemon, port = _start(apiserver, workdir, config_file)
     try:
         url, ca_pem = f"https://127.0.0.1:{port}/mutate", apiserver.ca_file.read_bytes()
         register(apiserver, config, url=url, ca_pem=ca_pem)
