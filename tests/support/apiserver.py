@@ -80,7 +80,12 @@ class Daemon:
         self._proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        """Start the process; the caller waits for readiness."""
+        """Start the process; the caller waits for readiness.
+
+        Call it from a thread that outlives the process: the parent-death signal fires when the
+        *thread* that forked the child exits (prctl(2) PR_SET_PDEATHSIG), so a daemon started
+        from a worker thread (e.g. ``kubelet.restart()`` in a thread pool) is killed with it.
+        """
         if self._proc is not None:
             raise ControlPlaneError(f"{self.name} is already running")
         # setpriv kills the child if the test process dies without running teardown.
