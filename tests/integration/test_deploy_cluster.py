@@ -1,0 +1,459 @@
+"""The agent installed as an operator installs it, on a real node, warming it before pods schedule.
+
+Each test writes a kustomize overlay whose only resource is the repository's ``deploy/agent`` and
+applies it with ``kubectl apply -k``: the agent half of the documented install. The webhook half
+(``deploy/webhook``) is not deployed: the API server calls a webhook through its Service, and this
+suite has no route from the API server to a pod's Service (no kube-proxy, no pod network).
+
+The overlay sets the image built from this tree (``agent_image``) by digest, as the operator guide
+does, and otherwise only what this test environment forces; ``OVERRIDES`` lists them and the first
+test checks that the rendered install differs from ``deploy/agent`` there and nowhere else:
+
+* ``hostNetwork: true`` with ``dnsPolicy: ClusterFirstWithHostNet``: there is no CNI, so a pod
+  outside the host's network namespace does not start.
+* ``listenAddress`` and the ``metrics`` container port: with host networking the port is the
+  machine's, and other tests' nodes and agents share the machine; a free port, not 8080.
+* The hostPath sources of ``cri-socket``, ``image-fs`` and ``state``: several test nodes share one
+  machine, so each node's containerd has its socket, image filesystem (an ext4) and the agent's
+  state in directories of its own. The container-side paths and the configuration stay as shipped:
+  the node's socket is named ``containerd.sock``, so the agent finds it by auto-detection at
+  ``/run/containerd/containerd.sock``.
+* A ``kubernetes.io/hostname`` node selector: other tests' nodes are in the same cluster.
+* ``registries.insecure``: the suite's registry speaks plain HTTP on ``127.0.0.1:<port>``.
+
+The agent reaches the API server in-cluster, as shipped: the ServiceAccount token from kubelet's
+projected volume, ``kube-root-ca.crt`` from kube-controller-manager, and ``KUBERNETES_SERVICE_HOST``
+(``10.0.0.1``), which the ``service_route`` fixture routes to the API server in place of kube-proxy.
+Container logs are read from kubelet's files (``pod_logs``): ``kubectl logs`` cannot reach it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kubernetes import client
+
+from prefetcher.adapters.cri import CriImageRuntime
+from prefetcher.adapters.kube_api import api_client
+from tests.integration.test_kube_source import apply_isvc
+from tests.support.agent_image import AgentImage
+from tests.support.apiserver import install_isvc_crd
+from tests.support.cluster import Cluster, NodeClusterFactory
+from tests.support.kubelet import KubeletOptions, Taint
+from tests.support.manifests import one, render
+from tests.support.node import NodeCluster, condition
+from tests.support.oci import push_modelcar
+from tests.support.pods import wait_for
+from tests.support.registry import RunningRegistry, free_port
+from tests.support.service_route import ServiceRoute
+
+pytestmark = pytest.mark.integration
+
+BASE = Path(__file__).resolve().parents[2] / "deploy" / "agent"
+NAMESPACE = "modelcar-prefetcher"
+NAME = "modelcar-prefetcher"
+SELECTOR = "app.kubernetes.io/name=modelcar-prefetcher,app.kubernetes.io/component=agent"
+SUMMARY = "modelcar-prefetcher.io/summary"
+STARTUP_TAINT = Taint("modelcar-prefetcher.io/warming", "", "NoSchedule")
+# Pulling the agent image into a fresh node and starting Python and the Kubernetes client.
+AGENT_READY_TIMEOUT_SECONDS = 120.0
+MIB = 1024**2
+# The agent image unpacks to a few hundred MiB beside its compressed layers; 300 MiB is too small.
+IMAGE_FS_MB = 1024
+# The DaemonSet fields the overlay changes (list items by name, see ``flatten``).
+OVERRIDES = frozenset(
+    {
+        "spec.template.spec.hostNetwork",
+        "spec.template.spec.dnsPolicy",
+        "spec.template.spec.nodeSelector.kubernetes.io/hostname",
+        "spec.template.spec.containers.agent.image",
+        "spec.template.spec.containers.agent.ports.metrics.containerPort",
+        "spec.template.spec.volumes.cri-socket.hostPath.path",
+        "spec.template.spec.volumes.image-fs.hostPath.path",
+        "spec.template.spec.volumes.state.hostPath.path",
+    }
+)
+
+
+@dataclass(frozen=True)
+class Install:
+    """An overlay of ``deploy/agent`` for one node, in ``directory``."""
+
+    directory: Path
+    node_name: str
+    port: int
+
+
+def edit_agent_yaml(shipped: str, *, registry_host: str, port: int) -> str:
+    """The shipped ``agent.yaml`` with the two values this environment needs, comments kept."""
+    edits = {
+        r'^listenAddress: "0\.0\.0\.0:8080"': f'listenAddress: "0.0.0.0:{port}"',
+        r"^  insecure: \[\]": f'  insecure: ["{registry_host}"]',
+    }
+    for pattern, value in edits.items():
+        shipped, count = re.subn(pattern, value, shipped, flags=re.MULTILINE)
+        assert count == 1, f"deploy/agent/agent.yaml no longer has {pattern!r}"
+    return shipped
+
+
+def write_overlay(
+    directory: Path, node: NodeCluster, *, image: AgentImage, registry_host: str, state_dir: Path
+) -> Install:
+    """A kustomization over ``deploy/agent`` with the image and the overrides this suite forces."""
+    directory.mkdir(parents=True)
+    port = free_port()
+    shipped = (BASE / "agent.yaml").read_text()
+    (directory / "agent.yaml").write_text(edit_agent_yaml(shipped, registry_host=registry_host, port=port))
+    volumes = {
+        "cri-socket": node.containerd.socket.parent,  # holds containerd.sock, as /run/containerd does
+        "image-fs": node.containerd.root,  # the node's ext4 image filesystem
+        "state": state_dir,
+    }
+    daemonset = {
+        "apiVersion": "apps/v1",
+        "kind": "DaemonSet",
+        "metadata": {"name": NAME, "namespace": NAMESPACE},
+        "spec": {
+            "template": {
+                "spec": {
+                    "hostNetwork": True,
+                    "dnsPolicy": "ClusterFirstWithHostNet",
+                    "nodeSelector": {"kubernetes.io/hostname": node.node_name},
+                    "volumes": [{"name": k, "hostPath": {"path": str(v)}} for k, v in volumes.items()],
+                }
+            }
+        },
+    }
+    # The ports list merges by containerPort: a strategic merge would add a port, not change it.
+    port_patch = [
+        {"op": "replace", "path": "/spec/template/spec/containers/0/ports/0/containerPort", "value": port}
+    ]
+    repository, _, digest = image.ref.partition("@")
+    kustomization = {
+        "apiVersion": "kustomize.config.k8s.io/v1beta1",
+        "kind": "Kustomization",
+        "resources": [os.path.relpath(BASE, directory)],
+        "images": [{"name": "modelcar-prefetcher", "newName": repository, "digest": digest}],
+        "configMapGenerator": [
+            {
+                "name": "modelcar-prefetcher-config",
+                "namespace": NAMESPACE,
+                "behavior": "merge",
+                "files": ["agent.yaml"],
+            }
+        ],
+        "patches": [
+            {"patch": yaml.safe_dump(daemonset)},
+            {"target": {"kind": "DaemonSet", "name": NAME}, "patch": yaml.safe_dump(port_patch)},
+        ],
+    }
+    comments = (
+        "# deploy/agent with this tree's agent image and what the test environment forces:\n"
+        "# host networking (no CNI); a free metrics port (the machine's ports are shared); this\n"
+        "# node's containerd socket directory, image filesystem and a state directory of its own\n"
+        "# (nodes share the machine); pinned to this node; the plain-HTTP registry in agent.yaml.\n"
+    )
+    (directory / "kustomization.yaml").write_text(comments + yaml.safe_dump(kustomization, sort_keys=False))
+    return Install(directory=directory, node_name=node.node_name, port=port)
+
+
+def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a.0.b": leaf}`` for every leaf; list items that have a ``name`` are keyed by it.
+
+    A strategic merge patch reorders named items (containers, volumes), which changes nothing.
+    """
+    if isinstance(value, dict):
+        items: Any = value.items()
+    elif isinstance(value, list):
+        items = [(i["name"] if isinstance(i, dict) and "name" in i else n, i) for n, i in enumerate(value)]
+    else:
+        return {prefix: value}
+    flat: dict[str, Any] = {}
+    for key, item in items:
+        flat |= flatten(item, f"{prefix}.{key}" if prefix else str(key))
+    return flat
+
+
+def changed(base: dict[str, Any], overlay: dict[str, Any]) -> set[str]:
+    """Paths whose value differs, added or removed between two objects."""
+    before, after = flatten(base), flatten(overlay)
+    return {path for path in before.keys() | after.keys() if before.get(path) != after.get(path)}
+
+
+@contextmanager
+def installed(node: NodeCluster, install: Install) -> Iterator[None]:
+    """``kubectl apply -k`` the overlay; ``kubectl delete -k`` it afterwards while the node runs."""
+    node.kubectl("apply", "-k", str(install.directory))
+    try:
+        yield
+    finally:
+        # The agent stops on SIGTERM; waiting lets the next install recreate the namespace.
+        node.kubectl("delete", "-k", str(install.directory), "--wait=true", "--timeout=90s")
+
+
+def agent_pod(node: NodeCluster) -> dict[str, Any]:
+    """The DaemonSet's pod on ``node``, once it exists."""
+
+    def created() -> dict[str, Any] | None:
+        pods = node.get(
+            "pods", "-n", NAMESPACE, "-l", SELECTOR, f"--field-selector=spec.nodeName={node.node_name}"
+        )
+        return pods["items"][0] if pods["items"] else None
+
+    return node.wait_for(created, what=f"the DaemonSet's pod on {node.node_name}")
+
+
+def running(node: NodeCluster, agent: str) -> bool:
+    """True once the agent's container has started (before it is Ready)."""
+    statuses = node.get("pod", "-n", NAMESPACE, agent)["status"].get("containerStatuses", [])
+    return any("running" in status["state"] for status in statuses)
+
+
+def ready_agent(node: NodeCluster) -> dict[str, Any]:
+    """The agent's pod once Ready: ``/readyz`` answered after a pass that reached containerd."""
+    name = agent_pod(node)["metadata"]["name"]
+    return node.wait_pod_ready(NAMESPACE, name, timeout_seconds=AGENT_READY_TIMEOUT_SECONDS)
+
+
+def new_namespace(cluster: Cluster) -> str:
+    name = f"t-{uuid.uuid4().hex[:8]}"
+    cluster.create_namespace(name)
+    return name
+
+
+def apply(node: NodeCluster, obj: dict[str, Any]) -> None:
+    node.kubectl("apply", "-f", "-", input=json.dumps(obj))
+
+
+def timestamp(value: str) -> float:
+    """Seconds since the epoch of an RFC 3339 time as the API server writes it."""
+    return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+
+
+@pytest.fixture(scope="module")
+def cluster_isvc_crd(cluster: Cluster) -> str:
+    """KServe's InferenceService CRD in the cluster fixture's API server."""
+    return install_isvc_crd(cluster.apiserver)
+
+
+@pytest.fixture
+def overlay_for(
+    agent_image: AgentImage,
+    registry: RunningRegistry,
+    service_route: ServiceRoute,
+    cluster_isvc_crd: str,
+    tmp_path: Path,
+) -> Callable[[NodeCluster], Install]:
+    """``overlay_for(node)``: the install for ``node``, with the API server reachable in-cluster."""
+
+    def write(node: NodeCluster) -> Install:
+        directory = tmp_path / f"overlay-{node.node_name}"
+        state = tmp_path / f"state-{node.node_name}"
+        return write_overlay(directory, node, image=agent_image, registry_host=registry.host, state_dir=state)
+
+    return write
+
+
+def test_the_agent_installed_from_deploy_agent_gets_ready_on_its_node_and_follows_inferenceservices(
+    node_cluster_factory: NodeClusterFactory,
+    overlay_for: Callable[[NodeCluster], Install],
+    agent_image: AgentImage,
+) -> None:
+    node = node_cluster_factory(image_fs_mb=IMAGE_FS_MB)
+    install = overlay_for(node)
+    base, overlay = render(BASE), render(install.directory)
+    assert [(d["kind"], d["metadata"]["name"]) for d in base] == [
+        (d["kind"], d["metadata"]["name"]) for d in overlay
+    ]
+    assert changed(one(base, "DaemonSet"), one(overlay, "DaemonSet")) == OVERRIDES
+    for kind in ("Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding"):
+        assert one(base, kind) == one(overlay, kind)
+    shipped, edited = (one(docs, "ConfigMap")["data"] for docs in (base, overlay))
+    assert shipped["models.yaml"] == edited["models.yaml"]
+    assert changed(yaml.safe_load(shipped["agent.yaml"]), yaml.safe_load(edited["agent.yaml"])) == {
+        "listenAddress",
+        "registries.insecure.0",
+    }
+
+    with installed(node, install):
+        pod = ready_agent(node)
+        name = pod["metadata"]["name"]
+        assert pod["spec"]["containers"][0]["image"] == agent_image.ref
+
+        def listed() -> str | None:
+            text = node.pod_logs(NAMESPACE, name, "agent")
+            return text if "inferenceservices: listed" in text else None
+
+        log = node.wait_for(listed, what="the agent's log of listing InferenceServices")
+        assert f"node {node.node_name}: listed 1" in log, log
+        assert "reconcile pass failed" not in log, log
+        summary = node.wait_for(
+            lambda: node.node()["metadata"].get("annotations", {}).get(SUMMARY),
+            what="the agent's summary annotation on its node",
+        )
+        assert json.loads(summary)["lastError"] == "", summary
+        statuses = node.get("pod", "-n", NAMESPACE, name)["status"]["containerStatuses"]
+        assert [(s["name"], s["ready"], s["restartCount"]) for s in statuses] == [("agent", True, 0)]
+
+
+# --- warm before scheduling ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One look, in this order: the model in containerd, the serving pod's binding, the taint.
+
+    Each ``*_at`` is when that read was sent: what it saw held at some moment after that time.
+    """
+
+    image_at: float
+    image_present: bool
+    pod_at: float
+    bound: bool
+    node_at: float
+    tainted: bool
+
+
+class Observer:
+    """Looks at the node's runtime and the API, recording every look, until the pod is bound."""
+
+    def __init__(
+        self, node: NodeCluster, runtime: CriImageRuntime, core: Any, *, ref: str, pod: tuple[str, str]
+    ):
+        self.node, self.runtime, self.core = node, runtime, core
+        self.ref, self.pod = ref, pod
+        self.seen: list[Observation] = []
+
+    def look(self) -> Observation:
+        image_at = time.time()
+        present = self.runtime.image_status(self.ref) is not None
+        pod_at = time.time()
+        bound = bool(
+            self.core.read_namespaced_pod(self.pod[1], self.pod[0], _request_timeout=5).spec.node_name
+        )
+        node_at = time.time()
+        taints = self.core.read_node(self.node.node_name, _request_timeout=5).spec.taints or []
+        tainted = any(t.key == STARTUP_TAINT.key for t in taints)
+        self.seen.append(Observation(image_at, present, pod_at, bound, node_at, tainted))
+        return self.seen[-1]
+
+    def until_bound(self) -> None:
+        """Look back to back until the pod is bound; fail with the daemons' logs on timeout."""
+        try:
+            wait_for(
+                lambda: self.look().bound,
+                timeout_seconds=AGENT_READY_TIMEOUT_SECONDS,
+                what="the serving pod bound",
+                interval_seconds=0.0,
+            )
+        except AssertionError as err:
+            raise AssertionError(f"{err}\n{self.timeline()}\n{self.node.log_tails()}") from None
+
+    def timeline(self) -> str:
+        """The looks where something changed, for failure messages."""
+        lines, last = [], None
+        for o in self.seen:
+            if (o.image_present, o.bound, o.tainted) != last:
+                lines.append(f"{o.image_at:.3f} image={o.image_present} bound={o.bound} tainted={o.tainted}")
+            last = (o.image_present, o.bound, o.tainted)
+        looks = len(self.seen)
+        spent = self.seen[-1].node_at - self.seen[0].image_at if looks > 1 else 0.0
+        return "\n".join([*lines, f"{looks} looks in {spent:.1f}s"])
+
+
+def serving_pod(node: NodeCluster, namespace: str, image: str) -> dict[str, Any]:
+    """A stand-in for a model server: the modelcar image itself, sleeping; no tolerations."""
+    container = {"name": "server", "image": image, "command": ["sh", "-c", "exec sleep infinity"]}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "server", "namespace": namespace},
+        "spec": {
+            "hostNetwork": True,
+            "nodeSelector": {"kubernetes.io/hostname": node.node_name},
+            "terminationGracePeriodSeconds": 1,
+            "containers": [container],
+        },
+    }
+
+
+def events(node: NodeCluster, namespace: str, selector: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = node.get("events", "-n", namespace, f"--field-selector={selector}")["items"]
+    return items
+
+
+def test_a_node_joining_with_the_startup_taint_is_warmed_before_its_serving_pod_is_scheduled(
+    node_cluster_factory: NodeClusterFactory,
+    overlay_for: Callable[[NodeCluster], Install],
+    registry: RunningRegistry,
+) -> None:
+    node = node_cluster_factory(KubeletOptions(register_with_taints=[STARTUP_TAINT]), image_fs_mb=IMAGE_FS_MB)
+    model = push_modelcar(registry, "models/warm-before-scheduling", model_size_bytes=4 * MIB, seed=113)
+    namespace = new_namespace(node.cluster)
+    predictor = {"model": {"modelFormat": {"name": "huggingface"}, "storageUri": model.uri}}
+    apply_isvc(node.apiserver, namespace, "llm", predictor)
+    apply(node, serving_pod(node, namespace, model.ref))
+
+    def unschedulable() -> bool:
+        scheduled = condition(node.get("pod", "-n", namespace, "server"), "PodScheduled")
+        return scheduled.get("reason") == "Unschedulable" and STARTUP_TAINT.key in scheduled.get(
+            "message", ""
+        )
+
+    node.wait_for(unschedulable, what="the serving pod Unschedulable for the start-up taint")
+
+    api = api_client(kubeconfig=str(node.apiserver.kubeconfig))
+    with (
+        contextlib.closing(api),
+        CriImageRuntime(node.endpoint) as runtime,
+        installed(node, overlay_for(node)),
+    ):
+        observer = Observer(node, runtime, client.CoreV1Api(api), ref=model.ref, pod=(namespace, "server"))
+        observer.look()
+        agent = agent_pod(node)["metadata"]["name"]
+        node.wait_for(lambda: running(node, agent), what="the agent's container running")
+        # Back to back from here: the model's arrival and the pod's binding are only a pass, a taint
+        # patch and a scheduling cycle apart (about 150 ms measured).
+        observer.until_bound()
+        pod = node.wait_pod_ready(namespace, "server")
+        log = node.pod_logs(NAMESPACE, agent, "agent")
+
+    timeline = observer.timeline()
+    seen = observer.seen
+    assert seen[0].tainted and not seen[0].image_present, timeline
+    first_present = next(o for o in seen if o.image_present)
+    assert not first_present.bound, f"the model was not seen in containerd before the binding\n{timeline}"
+    # The node was read after the pod: bound there and tainted here means bound while tainted.
+    assert not [o for o in seen if o.bound and o.tainted], timeline
+    last_tainted = max(o.node_at for o in seen if o.tainted)
+    scheduled = condition(pod, "PodScheduled")
+    assert scheduled["status"] == "True"
+    # lastTransitionTime has whole seconds; the taint went after last_tainted.
+    assert timestamp(scheduled["lastTransitionTime"]) >= math.floor(last_tainted), timeline
+    binding = events(node, namespace, "involvedObject.name=server,reason=Scheduled")
+    assert [timestamp(e["eventTime"]) > last_tainted for e in binding] == [True], (binding, timeline)
+    assert f"start-up taint {STARTUP_TAINT.key} removed from node {node.node_name} (models warm)" in log, log
+
+    pulled = events(node, namespace, "involvedObject.name=server,reason=Pulled")
+    assert [e["message"] for e in pulled] == [f'Container image "{model.ref}" already present on machine']
+    assert not events(node, namespace, "involvedObject.name=server,reason=Pulling")
+    prefetched = events(node, namespace, "involvedObject.kind=InferenceService,involvedObject.name=llm")
+    assert [e["reason"] for e in prefetched] == ["Prefetched"], prefetched
+    assert model.ref in prefetched[0]["message"]
+    summary = json.loads(node.node()["metadata"]["annotations"][SUMMARY])
+    assert (summary["warm"], summary["pulling"], summary["lastError"]) == (1, 0, ""), summary
+    assert summary["managedBytes"] >= model.size_bytes, summary
