@@ -72,7 +72,8 @@ STARTUP_TAINT = Taint("modelcar-prefetcher.io/warming", "", "NoSchedule")
 # Pulling the agent image into a fresh node and starting Python and the Kubernetes client.
 AGENT_READY_TIMEOUT_SECONDS = 120.0
 MIB = 1024**2
-# The agent image unpacks to a few hundred MiB beside its compressed layers; 300 MiB is too small.
+# The agent image's layers (about 80 MB compressed) and their unpacked snapshot do not fit the
+# default 300 MiB image filesystem.
 IMAGE_FS_MB = 1024
 # The DaemonSet fields the overlay changes (list items by name, see ``flatten``).
 OVERRIDES = frozenset(
@@ -89,15 +90,6 @@ OVERRIDES = frozenset(
 )
 
 
-@dataclass(frozen=True)
-class Install:
-    """An overlay of ``deploy/agent`` for one node, in ``directory``."""
-
-    directory: Path
-    node_name: str
-    port: int
-
-
 def edit_agent_yaml(shipped: str, *, registry_host: str, port: int) -> str:
     """The shipped ``agent.yaml`` with the two values this environment needs, comments kept."""
     edits = {
@@ -112,8 +104,8 @@ def edit_agent_yaml(shipped: str, *, registry_host: str, port: int) -> str:
 
 def write_overlay(
     directory: Path, node: NodeCluster, *, image: AgentImage, registry_host: str, state_dir: Path
-) -> Install:
-    """A kustomization over ``deploy/agent`` with the image and the overrides this suite forces."""
+) -> Path:
+    """``directory``: a kustomization over ``deploy/agent`` with the image and the forced overrides."""
     directory.mkdir(parents=True)
     port = free_port()
     shipped = (BASE / "agent.yaml").read_text()
@@ -168,7 +160,7 @@ def write_overlay(
         "# (nodes share the machine); pinned to this node; the plain-HTTP registry in agent.yaml.\n"
     )
     (directory / "kustomization.yaml").write_text(comments + yaml.safe_dump(kustomization, sort_keys=False))
-    return Install(directory=directory, node_name=node.node_name, port=port)
+    return directory
 
 
 def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
@@ -195,14 +187,14 @@ def changed(base: dict[str, Any], overlay: dict[str, Any]) -> set[str]:
 
 
 @contextmanager
-def installed(node: NodeCluster, install: Install) -> Iterator[None]:
+def installed(node: NodeCluster, overlay: Path) -> Iterator[None]:
     """``kubectl apply -k`` the overlay; ``kubectl delete -k`` it afterwards while the node runs."""
-    node.kubectl("apply", "-k", str(install.directory))
+    node.kubectl("apply", "-k", str(overlay))
     try:
         yield
     finally:
         # The agent stops on SIGTERM; waiting lets the next install recreate the namespace.
-        node.kubectl("delete", "-k", str(install.directory), "--wait=true", "--timeout=90s")
+        node.kubectl("delete", "-k", str(overlay), "--wait=true", "--timeout=90s")
 
 
 def agent_pod(node: NodeCluster) -> dict[str, Any]:
@@ -257,10 +249,10 @@ def overlay_for(
     service_route: ServiceRoute,
     cluster_isvc_crd: str,
     tmp_path: Path,
-) -> Callable[[NodeCluster], Install]:
+) -> Callable[[NodeCluster], Path]:
     """``overlay_for(node)``: the install for ``node``, with the API server reachable in-cluster."""
 
-    def write(node: NodeCluster) -> Install:
+    def write(node: NodeCluster) -> Path:
         directory = tmp_path / f"overlay-{node.node_name}"
         state = tmp_path / f"state-{node.node_name}"
         return write_overlay(directory, node, image=agent_image, registry_host=registry.host, state_dir=state)
@@ -270,12 +262,12 @@ def overlay_for(
 
 def test_the_agent_installed_from_deploy_agent_gets_ready_on_its_node_and_follows_inferenceservices(
     node_cluster_factory: NodeClusterFactory,
-    overlay_for: Callable[[NodeCluster], Install],
+    overlay_for: Callable[[NodeCluster], Path],
     agent_image: AgentImage,
 ) -> None:
     node = node_cluster_factory(image_fs_mb=IMAGE_FS_MB)
-    install = overlay_for(node)
-    base, overlay = render(BASE), render(install.directory)
+    overlay_dir = overlay_for(node)
+    base, overlay = render(BASE), render(overlay_dir)
     assert [(d["kind"], d["metadata"]["name"]) for d in base] == [
         (d["kind"], d["metadata"]["name"]) for d in overlay
     ]
@@ -289,7 +281,7 @@ def test_the_agent_installed_from_deploy_agent_gets_ready_on_its_node_and_follow
         "registries.insecure.0",
     }
 
-    with installed(node, install):
+    with installed(node, overlay_dir):
         pod = ready_agent(node)
         name = pod["metadata"]["name"]
         assert pod["spec"]["containers"][0]["image"] == agent_image.ref
@@ -398,7 +390,7 @@ def events(node: NodeCluster, namespace: str, selector: str) -> list[dict[str, A
 
 def test_a_node_joining_with_the_startup_taint_is_warmed_before_its_serving_pod_is_scheduled(
     node_cluster_factory: NodeClusterFactory,
-    overlay_for: Callable[[NodeCluster], Install],
+    overlay_for: Callable[[NodeCluster], Path],
     registry: RunningRegistry,
 ) -> None:
     node = node_cluster_factory(KubeletOptions(register_with_taints=[STARTUP_TAINT]), image_fs_mb=IMAGE_FS_MB)
