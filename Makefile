@@ -40,5 +40,6 @@ bench: deps ## each prints its figures and the ratio to a baseline measured in t
 	$(PY) bench/idle_rss.py
 	$(PY) bench/pull_overhead.py
 	$(PY) bench/warm_cold.py
+	$(PY) bench/scale_from_zero.py
 	$(PY) bench/webhook_latency.py
 	$(PY) bench/isvc_scale.py
