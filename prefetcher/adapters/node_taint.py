@@ -41,23 +41,28 @@ class StartupTaint:
         if not settled and not late:
             return
         try:
-            self._remove()
+            present = self._remove()
         except ApiException as err:
             raise KubeError(
                 f"removing taint {self._key} from node {self._node}: {err.status} {err.reason}"
             ) from err
         self.removed = True
+        if not present:  # e.g. a provisioner that adds another key: say so rather than claim removal
+            log.info("start-up taint %s is not on node %s; nothing to remove", self._key, self._node)
+            return
         why = "deadline reached before all models were warm" if late and not settled else "models warm"
         log.info("start-up taint %s removed from node %s (%s)", self._key, self._node, why)
 
-    def _remove(self) -> None:
+    def _remove(self) -> bool:
+        """Remove the taint from the node; False when the node does not have it."""
         node = self._core.read_node(self._node, _request_timeout=TIMEOUT_SECONDS)
         taints = self._api.sanitize_for_serialization((node.spec.taints if node.spec else None) or [])
         keep = [t for t in taints if t.get("key") != self._key]
         if len(keep) == len(taints):
-            return
+            return False
         patch = [
             {"op": "test", "path": "/spec/taints", "value": taints},
             {"op": "replace", "path": "/spec/taints", "value": keep},
         ]
         self._core.patch_node(self._node, patch, _request_timeout=TIMEOUT_SECONDS)
+        return True
