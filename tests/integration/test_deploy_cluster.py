@@ -194,7 +194,7 @@ def installed(node: NodeCluster, overlay: Path) -> Iterator[None]:
         yield
     finally:
         # The agent stops on SIGTERM; waiting lets the next install recreate the namespace.
-        node.kubectl("delete", "-k", str(overlay), "--wait=true", "--timeout=90s")
+        node.kubectl("delete", "-k", str(overlay), "--ignore-not-found", "--wait=true", "--timeout=90s")
 
 
 def agent_pod(node: NodeCluster) -> dict[str, Any]:
