@@ -427,8 +427,10 @@ def test_a_node_joining_with_the_startup_taint_is_warmed_before_its_serving_pod_
     timeline = observer.timeline()
     seen = observer.seen
     assert seen[0].tainted and not seen[0].image_present, timeline
-    first_present = next(o for o in seen if o.image_present)
-    assert not first_present.bound, f"the model was not seen in containerd before the binding\n{timeline}"
+    # Not asserted: that a look caught the model present and the pod still unbound. That window is a
+    # taint patch and a scheduling cycle (~150 ms) and a stalled test process misses it. The order is
+    # proven without it: the agent lifts the taint only once the model is warm ("models warm" below),
+    # the pod is never bound while tainted, and kubelet finds the image already present.
     # The node was read after the pod: bound there and tainted here means bound while tainted.
     assert not [o for o in seen if o.bound and o.tainted], timeline
     last_tainted = max(o.node_at for o in seen if o.tainted)
