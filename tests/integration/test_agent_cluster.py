@@ -34,6 +34,7 @@ def run_agent(
     workdir: Path,
     node: str,
     *extra: str,
+    namespace: str,
 ) -> subprocess.CompletedProcess[str]:
     config = workdir / f"agent-{node}.yaml"
     settings = agent_config(
@@ -41,7 +42,8 @@ def run_agent(
         [registry.host],
         workdir,
         stateFile=str(workdir / f"state-{node}.json"),
-        kubernetes={"startupTaint": TAINT},
+        # Only this test's namespace: other tests leave InferenceServices naming unreachable registries.
+        kubernetes={"startupTaint": TAINT, "namespaces": [namespace]},
     )
     config.write_text(json.dumps(settings))
     return run_agent_once(config, node=node, kubeconfig=apiserver.kubeconfig, extra=extra)
@@ -67,11 +69,11 @@ def test_gpu_model_warms_only_on_the_gpu_node_with_events_and_the_taint_lifted(
     apiserver.kubectl("taint", "node", gpu_node, f"{TAINT}=true:NoSchedule")
     apply_isvc(apiserver, namespace, "llm", gpu_predictor(image.uri, minReplicas=0))
 
-    on_cpu = run_agent(apiserver, containerd, registry, tmp_path, cpu_node)
+    on_cpu = run_agent(apiserver, containerd, registry, tmp_path, cpu_node, namespace=namespace)
     assert on_cpu.returncode == 0, on_cpu.stderr
     assert image.ref not in cached(containerd), "a GPU model was pulled on a node without GPUs"
 
-    on_gpu = run_agent(apiserver, containerd, registry, tmp_path, gpu_node)
+    on_gpu = run_agent(apiserver, containerd, registry, tmp_path, gpu_node, namespace=namespace)
     assert on_gpu.returncode == 0, on_gpu.stderr
     assert image.ref in cached(containerd)
     assert f"warm     {image.ref}" in on_gpu.stdout
@@ -104,7 +106,15 @@ def test_the_models_file_is_kept_warm_beside_inferenceservices(
     models.write_text(json.dumps({"models": [{"uri": listed.uri, "priority": 5}]}))
 
     result = run_agent(
-        apiserver, containerd, registry, tmp_path, node, "--models", str(models), "--inferenceservices"
+        apiserver,
+        containerd,
+        registry,
+        tmp_path,
+        node,
+        "--models",
+        str(models),
+        "--inferenceservices",
+        namespace=namespace,
     )
     assert result.returncode == 0, result.stderr
     assert {served.ref, listed.ref} <= cached(containerd), result.stdout
@@ -131,7 +141,12 @@ def test_a_deleted_inferenceservice_has_its_model_evicted_and_nothing_else(
         apply_isvc(apiserver, namespace, name, {"model": {"storageUri": image.uri}})
     config = tmp_path / "agent.yaml"
     settings = agent_config(
-        containerd, [registry.host], tmp_path, resyncSeconds=1, eviction={"graceSeconds": 0}
+        containerd,
+        [registry.host],
+        tmp_path,
+        resyncSeconds=1,
+        eviction={"graceSeconds": 0},
+        kubernetes={"namespaces": [namespace]},
     )
     config.write_text(json.dumps(settings))
     pods = CriPods(containerd.endpoint, log_root=tmp_path / "logs")
@@ -177,7 +192,9 @@ def test_an_invalid_configmap_edit_keeps_the_last_good_config_until_a_valid_one(
     apply_isvc(apiserver, namespace, "small", {"model": {"storageUri": small.uri}})
     apply_isvc(apiserver, namespace, "big", {"model": {"storageUri": big.uri}})
     # 10% of a 256 MiB image filesystem: the big model (40 MiB, twice that unpacked) never fits.
-    settings = agent_config(node_containerd, [registry.host], tmp_path, resyncSeconds=1)
+    settings = agent_config(
+        node_containerd, [registry.host], tmp_path, resyncSeconds=1, kubernetes={"namespaces": [namespace]}
+    )
     projected = ProjectedFile(tmp_path / "configmap", "agent.yaml")
     projected.write(json.dumps(settings | {"budget": {"maxUsagePercent": 10}}))
 

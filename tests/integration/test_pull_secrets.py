@@ -174,7 +174,13 @@ def test_the_agent_pulls_with_the_service_account_secret_and_says_when_the_role_
     apply_isvc(apiserver, unbound, "public", {"model": {"storageUri": public.uri}})
     config = tmp_path / "agent.yaml"
     hosts = [registry.host, private_registry.host]
-    settings = agent_config(containerd, hosts, tmp_path, credentials={"serviceAccountPullSecrets": True})
+    settings = agent_config(
+        containerd,
+        hosts,
+        tmp_path,
+        credentials={"serviceAccountPullSecrets": True},
+        kubernetes={"namespaces": [bound, unbound]},
+    )
     config.write_text(json.dumps(settings))
 
     result = run_agent_once(config, node=create_node(apiserver), kubeconfig=agent_kubeconfig(apiserver))
