@@ -13,7 +13,6 @@ from pathlib import Path
 
 import pytest
 
-from prefetcher.adapters.cri import CriImageRuntime
 from tests.integration.test_kube_source import apply_isvc, create_node, gpu_predictor, unique
 from tests.support.agent_process import agent_config, run_agent_once, running_agent
 from tests.support.apiserver import ApiServer
@@ -49,11 +48,6 @@ def run_agent(
     return run_agent_once(config, node=node, kubeconfig=apiserver.kubeconfig, extra=extra)
 
 
-def cached(containerd: RunningContainerd) -> set[str]:
-    with CriImageRuntime(containerd.endpoint) as runtime:
-        return {r for image in runtime.list_images() for r in image.refs}
-
-
 def test_gpu_model_warms_only_on_the_gpu_node_with_events_and_the_taint_lifted(
     apiserver: ApiServer,
     isvc_crd: str,
@@ -71,11 +65,11 @@ def test_gpu_model_warms_only_on_the_gpu_node_with_events_and_the_taint_lifted(
 
     on_cpu = run_agent(apiserver, containerd, registry, tmp_path, cpu_node, namespace=namespace)
     assert on_cpu.returncode == 0, on_cpu.stderr
-    assert image.ref not in cached(containerd), "a GPU model was pulled on a node without GPUs"
+    assert image.ref not in containerd.image_refs(), "a GPU model was pulled on a node without GPUs"
 
     on_gpu = run_agent(apiserver, containerd, registry, tmp_path, gpu_node, namespace=namespace)
     assert on_gpu.returncode == 0, on_gpu.stderr
-    assert image.ref in cached(containerd)
+    assert image.ref in containerd.image_refs()
     assert f"warm     {image.ref}" in on_gpu.stdout
 
     node = json.loads(apiserver.kubectl("get", "node", gpu_node, "-o", "json"))
@@ -117,7 +111,7 @@ def test_the_models_file_is_kept_warm_beside_inferenceservices(
         namespace=namespace,
     )
     assert result.returncode == 0, result.stderr
-    assert {served.ref, listed.ref} <= cached(containerd), result.stdout
+    assert {served.ref, listed.ref} <= containerd.image_refs(), result.stdout
     events = json.loads(apiserver.kubectl("get", "events", "-A", "-o", "json"))["items"]
     on_node = [e for e in events if e["reason"] == "Prefetched" and e["involvedObject"]["kind"] == "Node"]
     assert any(listed.ref in e["message"] and e["involvedObject"]["name"] == node for e in on_node), events
@@ -157,18 +151,20 @@ def test_a_deleted_inferenceservice_has_its_model_evicted_and_nothing_else(
         pods,
         pods.sandbox("server") as sandbox,
     ):
-        agent.wait(lambda: {kept.ref, dropped.ref, busy.ref} <= cached(containerd), what="three warm models")
+        agent.wait(
+            lambda: {kept.ref, dropped.ref, busy.ref} <= containerd.image_refs(), what="three warm models"
+        )
         container = sandbox.start(ContainerSpec("server", busy.ref, command=["sleep", "3600"]))
         sandbox.wait_running(container)
         # One watch stream: the agent sees "busy" gone before "dropped" is.
         apiserver.kubectl("delete", "inferenceservice", "busy", "-n", namespace, "--wait=false")
         apiserver.kubectl("delete", "inferenceservice", "dropped", "-n", namespace, "--wait=false")
-        agent.wait(lambda: dropped.ref not in cached(containerd), what="the deleted model's eviction")
+        agent.wait(lambda: dropped.ref not in containerd.image_refs(), what="the deleted model's eviction")
         passes = agent.metric("prefetcher_last_reconcile_timestamp_seconds")
         agent.wait(
             lambda: agent.metric("prefetcher_last_reconcile_timestamp_seconds") > passes, what="another pass"
         )
-        assert {kept.ref, busy.ref, foreign.ref} <= cached(containerd), agent.log()
+        assert {kept.ref, busy.ref, foreign.ref} <= containerd.image_refs(), agent.log()
         assert agent.metric("prefetcher_evictions_total", reason="not_desired") == 1
     assert f"evicted {dropped.ref} (not_desired" in agent.log()
 
@@ -202,7 +198,7 @@ def test_an_invalid_configmap_edit_keeps_the_last_good_config_until_a_valid_one(
     with running_agent(
         projected.path, node=node, kubeconfig=apiserver.kubeconfig, log_file=log_file
     ) as agent:
-        agent.wait(lambda: small.ref in cached(node_containerd), what="the small model")
+        agent.wait(lambda: small.ref in node_containerd.image_refs(), what="the small model")
         agent.wait(lambda: agent.metric("prefetcher_models_skipped", reason="too_large") == 1, what="a skip")
         # A bad edit that would also have let the big model in: the whole edit is refused.
         bad = settings | {"budget": {"maxUsagePercent": 90}, "pull": {"concurrency": 0}}
@@ -211,8 +207,8 @@ def test_an_invalid_configmap_edit_keeps_the_last_good_config_until_a_valid_one(
             lambda: agent.metric("prefetcher_config_reloads_total", outcome="invalid") == 1, what="rejection"
         )
         apply_isvc(apiserver, namespace, "later", {"model": {"storageUri": later.uri}})
-        agent.wait(lambda: later.ref in cached(node_containerd), what="a new model under the old config")
-        assert big.ref not in cached(node_containerd), "the rejected budget was applied"
+        agent.wait(lambda: later.ref in node_containerd.image_refs(), what="a new model under the old config")
+        assert big.ref not in node_containerd.image_refs(), "the rejected budget was applied"
         events = json.loads(apiserver.kubectl("get", "events", "-n", "default", "-o", "json"))["items"]
         rejected = [
             e for e in events if e["reason"] == "ConfigRejected" and e["involvedObject"]["name"] == node
@@ -220,6 +216,6 @@ def test_an_invalid_configmap_edit_keeps_the_last_good_config_until_a_valid_one(
         assert [(e["type"], "pull.concurrency" in e["message"]) for e in rejected] == [("Warning", True)]
 
         projected.write(json.dumps(settings | {"budget": {"maxUsagePercent": 90}}))
-        agent.wait(lambda: big.ref in cached(node_containerd), what="the big model under the new budget")
+        agent.wait(lambda: big.ref in node_containerd.image_refs(), what="the big model under the new budget")
         assert agent.metric("prefetcher_config_reloads_total", outcome="success") == 1
         assert agent.metric("prefetcher_config_reloads_total", outcome="invalid") == 1

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from prefetcher.adapters.cri import CriImageRuntime
 from tests.support.containerd import RunningContainerd
 from tests.support.oci import PushedImage, push_modelcar
 from tests.support.pods import ContainerSpec, CriPods
@@ -61,8 +60,7 @@ class Node:
         return self.run("agent", "--config", str(config), "--models", str(models), "--once")
 
     def refs(self) -> set[str]:
-        with CriImageRuntime(self.containerd.endpoint) as runtime:
-            return {r for image in runtime.list_images() for r in image.refs}
+        return self.containerd.image_refs()
 
     def used_bytes(self) -> int:
         st = os.statvfs(self.containerd.root)

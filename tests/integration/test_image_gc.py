@@ -34,7 +34,6 @@ from typing import TypeVar
 
 import pytest
 
-from prefetcher.adapters.cri import CriImageRuntime
 from tests.support.agent_process import AGENT_TIMEOUT_SECONDS, agent_config
 from tests.support.cluster import NodeClusterFactory
 from tests.support.kubelet import KubeletOptions
@@ -93,8 +92,7 @@ class Warmer:
 
     def present(self, *models: PushedImage) -> set[PushedImage]:
         """Which of ``models`` the node's containerd holds (CRI ListImages)."""
-        with CriImageRuntime(self.node.endpoint) as runtime:
-            refs = {r for image in runtime.list_images() for r in image.refs}
+        refs = self.node.containerd.image_refs()
         return {m for m in models if m.ref in refs}
 
     def used_percent(self) -> float:

@@ -22,7 +22,6 @@ from prefetcher.core.isvc import IsvcModels, extract_models
 from prefetcher.errors import CredentialsError
 from prefetcher.ports import Credentials
 from prefetcher.testing.fakes import FakeClock
-from tests.integration.test_agent_cluster import cached
 from tests.integration.test_agent_rbac import PULL_SECRETS_ROLE, agent_kubeconfig, apply_agent_rbac
 from tests.integration.test_kube_source import apply_isvc, create_node, unique
 from tests.support.agent_process import agent_config, run_agent_once
@@ -187,7 +186,7 @@ def test_the_agent_pulls_with_the_service_account_secret_and_says_when_the_role_
 
     assert result.returncode == 1, result.stderr
     assert PASSWORD not in result.stdout + result.stderr
-    present = cached(containerd)
+    present = containerd.image_refs()
     assert mine.ref in present and public.ref in present, result.stdout
     assert theirs.ref not in present
     hint = f"RoleBinding that lets the agent read pull secrets in namespace {unbound} is missing"

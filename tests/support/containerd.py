@@ -32,6 +32,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from prefetcher.adapters.cri import CriImageRuntime
 from prefetcher.adapters.cri_api import api_pb2 as cri
 from prefetcher.adapters.cri_api import api_pb2_grpc as cri_grpc
 from tests.support.mounts import FsUsage, fs_usage, mount_ext4, mount_tmpfs, unmount_under
@@ -136,6 +137,11 @@ class RunningContainerd:
     def image_fs_usage(self) -> FsUsage:
         """``statvfs`` of the image filesystem (the root), as kubelet's image GC measures it."""
         return fs_usage(self.root)
+
+    def image_refs(self) -> set[str]:
+        """Every name of every image in the store, as the agent sees them (CRI ListImages)."""
+        with CriImageRuntime(self.endpoint) as runtime:
+            return {r for image in runtime.list_images() for r in image.refs}
 
     def log_tail(self, lines: int = 30) -> str:
         """The last lines of the daemon's log, for failure messages."""
