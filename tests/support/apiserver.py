@@ -27,7 +27,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import time
@@ -43,6 +42,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.support.pki import Pki, write_key
+from tests.support.registry import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ASSETS_SCRIPT = REPO_ROOT / "hack" / "k8s-assets.sh"
@@ -63,13 +63,6 @@ class ControlPlaneError(Exception):
 
 
 # --- processes -------------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class Daemon:
@@ -144,7 +137,7 @@ def _start_etcd(assets: Path, workdir: Path) -> tuple[Daemon, str]:
     """Start etcd on fresh loopback ports; return it and its client URL."""
 
     def attempt() -> tuple[Daemon, str]:
-        client, peer = f"http://127.0.0.1:{_free_port()}", f"http://127.0.0.1:{_free_port()}"
+        client, peer = f"http://127.0.0.1:{free_port()}", f"http://127.0.0.1:{free_port()}"
         argv = [
             str(assets / "etcd"),
             "--name=test",
@@ -367,7 +360,7 @@ def _start_apiserver(assets: Path, workdir: Path, pki: Pki, etcd_url: str) -> Ap
     admin_crt, admin_key = pki.issue("admin", common_name="admin", organizations=["system:masters"])
 
     def attempt() -> ApiServer:
-        port = _free_port()
+        port = free_port()
         url = f"https://127.0.0.1:{port}"
         kubeconfig = workdir / "admin.kubeconfig"
         kubeconfig.write_text(_kubeconfig(url, pki.ca_file, admin_crt, admin_key))
