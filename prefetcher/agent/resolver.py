@@ -90,7 +90,7 @@ class Resolver:
                     Skip(
                         key,
                         SkipReason.BACKOFF,
-                        retry_note("attempt", wait),
+                        retry_note(wait),
                         (request.source,),
                     )
                 )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 from prefetcher.core.model import ModelRequest
 from prefetcher.ports import ModelSource
@@ -20,8 +20,4 @@ class MergedSource:
 
     def requests(self) -> Iterable[ModelRequest]:
         """The models all sources want now."""
-        return list(self._chain())
-
-    def _chain(self) -> Iterator[ModelRequest]:
-        for source in self._sources:
-            yield from source.requests()
+        return [request for source in self._sources for request in source.requests()]

@@ -23,11 +23,11 @@ class BackoffPolicy:
         return max(0.0, min(raw + jitter, self.max_seconds))
 
 
-def retry_note(attempt: str, wait: float) -> str:
-    """Why a model waits: ``attempt`` ("lookup", "attempt") failed, and when it is tried again.
+def retry_note(wait: float) -> str:
+    """Why a model waits after a failed lookup or pull, and when it is tried again.
 
     An infinite wait means the model failed earlier in a one-shot run, which does not retry it.
     """
     if math.isinf(wait):
-        return f"last {attempt} failed earlier in this run; not retried until the next run"
-    return f"last {attempt} failed; retry in {wait:.0f}s"
+        return "last attempt failed earlier in this run; not retried until the next run"
+    return f"last attempt failed; retry in {wait:.0f}s"

@@ -120,7 +120,7 @@ def _classify(
             skips.append(Skip(ref, SkipReason.IN_FLIGHT, "pull in progress", model.sources))
         elif backoff_until.get(ref, 0.0) > now:
             wait = backoff_until[ref] - now
-            skips.append(Skip(ref, SkipReason.BACKOFF, retry_note("attempt", wait), model.sources))
+            skips.append(Skip(ref, SkipReason.BACKOFF, retry_note(wait), model.sources))
         else:
             pending.append(model)
     return warm, pending, skips

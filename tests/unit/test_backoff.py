@@ -23,7 +23,7 @@ def test_jitter_stays_within_fraction_and_cap(failures: int, draw: float) -> Non
 
 
 def test_retry_note_names_the_wait_or_says_a_one_shot_run_does_not_retry() -> None:
-    assert retry_note("lookup", 59.6) == "last lookup failed; retry in 60s"
-    assert retry_note("attempt", float("inf")) == (
+    assert retry_note(59.6) == "last attempt failed; retry in 60s"
+    assert retry_note(float("inf")) == (
         "last attempt failed earlier in this run; not retried until the next run"
     )
