@@ -94,8 +94,9 @@ class PullTracker:
             ", ".join(pull.model.sources) or "-",
         )
 
-    def poll(self, *, stall_seconds: float) -> list[PullOutcome]:
-        """Collect finished pulls and cancel stalled ones."""
+    def poll(self, *, stall_seconds: float, limit_bytes: int | None = None) -> list[PullOutcome]:
+        """Collect finished pulls; cancel stalled ones, and ones that outgrow their declared size
+        past ``limit_bytes`` (a manifest that understates its layers must not breach the budget)."""
         if not self._active:
             return []
         now = self._clock.monotonic()
@@ -104,6 +105,7 @@ class PullTracker:
             for flight in self._active.values():
                 flight.last_progress = now
         self._last_used = used
+        over_budget = limit_bytes is not None and used > limit_bytes
         outcomes = []
         for ref, flight in list(self._active.items()):
             if flight.handle.done():
@@ -112,6 +114,10 @@ class PullTracker:
                 flight.handle.cancel()
                 error = f"no progress on the image filesystem for {stall_seconds:.0f}s; pull cancelled"
                 outcomes.append(self._outcome(flight, now, error=error, reason="stalled"))
+            elif over_budget and used - flight.used_at_start > flight.pull.cost_bytes:
+                flight.handle.cancel()
+                error = _outgrown(used - flight.used_at_start, flight.pull.cost_bytes, limit_bytes or 0)
+                outcomes.append(self._outcome(flight, now, error=error, reason="over_budget"))
             else:
                 continue
             del self._active[ref]
@@ -143,3 +149,11 @@ class PullTracker:
     def _outcome(flight: _InFlight, now: float, *, error: str, reason: str) -> PullOutcome:
         model, error = flight.pull.model, flight.keys.explain(error)
         return PullOutcome(model.ref.canonical(), model.sources, "", 0, now - flight.started, error, reason)
+
+
+def _outgrown(growth: int, declared: int, limit: int) -> str:
+    return (
+        f"the image filesystem grew by {format_bytes(growth)} during the pull, more than the "
+        f"{format_bytes(declared)} its manifest declares, and passed the budget of "
+        f"{format_bytes(limit)}; pull cancelled"
+    )

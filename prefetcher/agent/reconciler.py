@@ -210,7 +210,8 @@ class Reconciler:
         deadline = self._clock.monotonic() + seconds
         stall_seconds = self._config().pull.stall_seconds  # a reload takes effect at the next pass
         while not stop.is_set() and self._clock.monotonic() < deadline:
-            finished = self._pulls.poll(stall_seconds=stall_seconds)
+            limit = self.report.plan.limit_bytes or None  # of the last pass; 0 before the first
+            finished = self._pulls.poll(stall_seconds=stall_seconds, limit_bytes=limit)
             for outcome in finished:
                 if outcome.error is None:
                     self._record_success(outcome)

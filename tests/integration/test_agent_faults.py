@@ -293,9 +293,16 @@ def test_a_second_agent_on_the_same_state_file_is_refused_naming_the_first(node:
 
 def push_lying(registry: RunningRegistry, honest: PushedImage, tag: str, **layer0: Any) -> str:
     """``honest``'s manifest with its first layer's fields replaced, pushed under ``tag``; its URI."""
+    return push_lying_layer(registry, honest, tag, 0, **layer0)
+
+
+def push_lying_layer(
+    registry: RunningRegistry, honest: PushedImage, tag: str, index: int, **fields: Any
+) -> str:
+    """``honest``'s manifest with layer ``index``'s fields replaced, pushed under ``tag``; its URI."""
     body, _, _ = get_manifest(registry, honest.repository, honest.digest)
     manifest = json.loads(body)
-    manifest["layers"][0] = {**manifest["layers"][0], **layer0}
+    manifest["layers"][index] = {**manifest["layers"][index], **fields}
     digest = push_manifest(
         RegistryClient(registry), honest.repository, tag, json.dumps(manifest).encode(), OCI_MANIFEST
     )
@@ -323,6 +330,34 @@ def test_a_manifest_with_a_negative_size_is_a_failed_lookup_and_the_budget_holds
     assert result.returncode == 1  # the lying manifest is a failed lookup
     assert high.ref in node.containerd.image_refs() and low.ref not in node.containerd.image_refs()
     assert node.used_bytes() <= node.limit_bytes(60)
+
+
+def test_a_manifest_that_understates_its_layers_is_cancelled_when_the_budget_is_passed(
+    small_node: Node,
+) -> None:
+    node = small_node
+    honest = modelcar(node.registry, "under-honest", 40)
+    base = modelcar(node.registry, "under-base", 40)
+    liar = push_lying_layer(node.registry, base, "understated", 1, size=1)  # 40 MiB declared as 1 byte
+    config = node.config(budget={"maxUsagePercent": 40}, pull={"backoffBaseSeconds": 600})
+    assert node.once(config, node.models(honest.uri)).returncode == 0
+    limit = node.limit_bytes(40)
+    assert node.used_bytes() + 50 * MIB > limit, "the liar's real size must not fit"
+    with gated_proxy(node.registry, base.layer_digests[1], hold_after=30 * MIB) as proxy:
+        node.containerd.trust_registry(proxy.host)
+        uri = liar.replace(node.registry.host, proxy.host)
+        config = node.config(
+            budget={"maxUsagePercent": 40},
+            pull={"backoffBaseSeconds": 600, "backoffMaxSeconds": 600},
+            registries={"insecure": [node.registry.host, proxy.host]},
+        )
+        with node.agent(config, node.models(honest.uri, uri)) as agent:
+            agent.wait(lambda: "(over_budget, attempt 1): the image filesystem grew by" in agent.log(),
+                       what="the understated pull cancelled past the budget")
+            assert "its manifest declares, and passed the budget of" in agent.log()
+            assert agent.metric("prefetcher_pulls_total", outcome="failed", reason="over_budget") == 1
+            agent.wait(lambda: node.used_bytes() <= limit, what="the cancelled pull's content discarded")
+        assert honest.ref in node.containerd.image_refs()
 
 
 # 7. Duplicates, state writes, cost after an interrupted pull, unknown keys, log lines

@@ -334,3 +334,23 @@ def test_after_an_interrupted_pull_the_cost_is_the_runtimes_size_not_the_smaller
     managed = world.saved[-1].managed[ref("a")]
     assert managed.image_size_bytes == 20 * MIB
     assert managed.cost_bytes == 40 * MIB  # 20 MiB the runtime reports, times the unpack factor
+
+
+def test_a_pull_that_outgrows_its_declared_size_past_the_budget_is_cancelled() -> None:
+    world = World({"a": 10 * MIB})
+    world.runtime.held.add(ref("a"))
+    tracker = PullTracker(
+        runtime=world.runtime,
+        disk=world.disk,
+        clock=world.clock,
+        keychain=Keychain(node=world.registry.credentials_for),
+    )
+    model = world.registry.table[ref("a")]
+    tracker.start(Pull(DesiredModel(model.ref, 0, model.size_bytes, ("t",)), 20 * MIB), world.config)
+    world.disk.used_bytes += 30 * MIB  # more than declared, still under the limit
+    assert tracker.poll(stall_seconds=120, limit_bytes=40 * MIB) == []
+    world.disk.used_bytes += 20 * MIB  # and now past it
+    (outcome,) = tracker.poll(stall_seconds=120, limit_bytes=40 * MIB)
+    assert outcome.reason == "over_budget" and world.runtime.pulls[0].cancelled
+    expected = "grew by 50.0 MiB during the pull, more than the 20.0 MiB its manifest declares"
+    assert expected in (outcome.error or "")
