@@ -227,5 +227,5 @@ def test_image_size_is_never_negative_whatever_the_manifest_says(sizes: list[int
 def test_read_docker_config_that_is_not_utf8_is_a_config_error(tmp_path: Any) -> None:
     path = tmp_path / "config.json"
     path.write_bytes(b'{"auths": {"h": {"auth": "\xff"}}}')
-    with pytest.raises(ConfigError, match=r"not valid UTF-8 \(byte offset 27\)"):
+    with pytest.raises(ConfigError, match=r"not valid UTF-8 \(byte offset 26\)"):
         read_docker_config(path)
