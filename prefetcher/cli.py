@@ -21,11 +21,13 @@ from prefetcher import __version__
 from prefetcher.adapters.cri import CriImageRuntime, detect_endpoint
 from prefetcher.adapters.disk import StatvfsDisk
 from prefetcher.adapters.docker_config import read_docker_config
-from prefetcher.adapters.files import FileModelSource, StateFile, WatchedFile, read_config_file
+from prefetcher.adapters.files import FileModelSource, WatchedFile, read_config_file
 from prefetcher.adapters.registry import HttpRegistry
+from prefetcher.adapters.state import StateFile, StateLock
 from prefetcher.agent.health import HealthServer, parse_address
 from prefetcher.agent.reconciler import Reconciler
 from prefetcher.agent.report import plan_document, print_plan
+from prefetcher.agent.restart import RestartNotice
 from prefetcher.agent.runtime_support import LogEvents, SystemClock, configure_logging
 from prefetcher.agent.sources import MergedSource
 from prefetcher.config import Config, load_config, load_models
@@ -104,6 +106,7 @@ def _wire(
     after_pass: Callable[..., None] | None = None,
     pull_secrets: PullSecrets | None = None,
     wake: threading.Event | None = None,
+    restart_pending: Callable[[], tuple[str, ...]] = tuple,
 ) -> Reconciler:
     """Build the reconciler and its adapters from the configuration at start-up."""
     endpoint = cfg.cri_endpoint or detect_endpoint()
@@ -129,17 +132,23 @@ def _wire(
         after_pass=after_pass,
         pull_secrets=pull_secrets,
         wake=wake,
+        restart_pending=restart_pending,
     )
 
 
 class _Source(NamedTuple):
-    """A model source and what comes with it: its Events, stop, after-pass hook and pull secrets."""
+    """A model source and what comes with it: its Events, stop, after-pass hook and pull secrets.
+
+    ``node_events`` is where reports about the agent itself go (rejected edits): the Node's Events
+    in a cluster; None without one, where the log line is the report.
+    """
 
     models: ModelSource
     events: EventSink
     stop: Callable[[], None]
     after_pass: Callable[..., None] | None = None
     pull_secrets: PullSecrets | None = None
+    node_events: EventSink | None = None
 
 
 def _source(
@@ -205,22 +214,30 @@ def _source(
         secrets = ServiceAccountPullSecrets(api, records=source.record, clock=SystemClock())
     # Models of the file are nobody's InferenceService: their Events go to this Node.
     merged: ModelSource = source if listed is None else MergedSource(listed, source)
-    return _Source(merged, events, source.stop, after_pass, secrets)
+    return _Source(merged, events, source.stop, after_pass, secrets, node_events=events)
 
 
 def _run_agent(args: argparse.Namespace) -> int:
     metrics = Metrics(CollectorRegistry())
     sinks: list[EventSink] = []
 
+    def report(reason: str, message: str) -> None:
+        # An SRE's edit is worth an Event on the node, not only a log line (already written).
+        for sink in sinks:
+            sink.emit(("node",), warning=True, reason=reason, message=message)
+
     def count(outcome: str, message: str) -> None:
         metrics.config_reloads.labels(outcome).inc()
-        if outcome != "success":  # an SRE's bad edit is worth an Event on the node, not only a log line
-            for sink in sinks:
-                sink.emit(("node",), warning=True, reason="ConfigRejected", message=message)
+        if outcome != "success":
+            report("ConfigRejected", message)
 
     config = WatchedFile(args.config, load_config, on_reload=count)
     cfg = config.current()
     configure_logging(level=cfg.log_level, json_format=cfg.log_format == "json")
+    # One agent per state file, before anything else starts: a second one is refused at once.
+    lock = StateLock(Path(cfg.state_file))
+    lock.acquire()
+    notice = RestartNotice(cfg, report=lambda message: report("ConfigRestartPending", message))
     wired: list[Reconciler] = []
     # Served before the first list of InferenceServices (up to a minute), so the liveness probe
     # does not restart an agent that is waiting for the API server.
@@ -232,13 +249,24 @@ def _run_agent(args: argparse.Namespace) -> int:
             ready=lambda: _readiness(wired),
         )
     except OSError as err:
+        lock.release()
         reason = err.strerror or str(err)
         raise ConfigError(f"listenAddress {cfg.listen_address}: cannot listen: {reason}") from err
     server.start()
     try:
-        return _serve(args, config=config, cfg=cfg, metrics=metrics, count=count, sinks=sinks, wired=wired)
+        return _serve(
+            args,
+            config=lambda: notice.seen(config.current()),
+            cfg=cfg,
+            metrics=metrics,
+            count=count,
+            sinks=sinks,
+            wired=wired,
+            restart_pending=lambda: notice.pending,
+        )
     finally:
         server.stop()
+        lock.release()
 
 
 def _readiness(wired: list[Reconciler]) -> tuple[bool, str]:
@@ -251,21 +279,23 @@ def _readiness(wired: list[Reconciler]) -> tuple[bool, str]:
 def _serve(
     args: argparse.Namespace,
     *,
-    config: WatchedFile[Config],
+    config: Callable[[], Config],
     cfg: Config,
     metrics: Metrics,
     count: Callable[[str, str], None],
     sinks: list[EventSink],
     wired: list[Reconciler],
+    restart_pending: Callable[[], tuple[str, ...]],
 ) -> int:
     wake = threading.Event()  # set by a source change: plan again now, not at the next resync
     source = _source(args, cfg, count, wake.set)
-    sinks.append(source.events)
+    if source.node_events is not None:
+        sinks.append(source.node_events)
     state = StateFile(Path(cfg.state_file))
     # Hot reload: every pass reads the latest good config; endpoints and listen address need a restart.
     reconciler = _wire(
         cfg,
-        config=config.current,
+        config=config,
         source=source.models,
         events=source.events,
         metrics=metrics,
@@ -274,10 +304,13 @@ def _serve(
         after_pass=source.after_pass,
         pull_secrets=source.pull_secrets,
         wake=wake,
+        restart_pending=restart_pending,
     )
     stop = threading.Event()
+    received: list[str] = []
 
-    def request_stop(*_: object) -> None:
+    def request_stop(signum: int, _frame: object) -> None:
+        received.append(signal.Signals(signum).name)
         stop.set()
         wake.set()  # the loop sleeps on ``wake``
 
@@ -291,6 +324,13 @@ def _serve(
         code = reconciler.run(stop, once=args.once)
     finally:
         source.stop()
+    if received or not args.once:
+        log.info(
+            "prefetcher stopping%s after %d passes; %s pulls under way abandoned",
+            f" on {received[0]}" if received else "",
+            reconciler.passes,
+            reconciler.summary()["pulling"],
+        )
     if args.once:
         print_plan(reconciler.report.plan, failed=reconciler.report.failed)
     return code
@@ -310,7 +350,8 @@ def _run_plan(args: argparse.Namespace) -> int:
     cfg = load_config(read_config_file(args.config))
     configure_logging(level="warning", json_format=False)
     source = _source(args, cfg, lambda *_: None)
-    saved = StateFile(Path(cfg.state_file)).load()
+    # Read only: no lock (plan may run beside the agent), no key created, nothing set aside.
+    saved = StateFile(Path(cfg.state_file), writable=False).load()
     # A dry run writes nothing: no state, no Events (they go to the log).
     reconciler = _wire(
         cfg,

@@ -175,26 +175,37 @@ class Config:
     kubernetes: KubernetesConfig = field(default_factory=KubernetesConfig)
 
 
+# Read on every pass; any other key is read once at start-up, so changing it needs a restart.
+LIVE_KEYS = ("resyncSeconds", "budget.", "pull.", "eviction.")
+
+
 def load_config(text: str) -> Config:
-    """Parse and validate a YAML configuration; raises ConfigError naming the bad key and value."""
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise ConfigError(f"config is not valid YAML: {err}") from err
-    config: Config = _build(Config, {} if data is None else data, "")
+    """Parse and validate a YAML configuration; raises ConfigError naming the bad key and value.
+
+    An empty document is an error, not "all defaults": a truncated ConfigMap must not reset every
+    setting. ``{}`` asks for the defaults.
+    """
+    data = _yaml(text, "config")
+    if data is None:
+        raise ConfigError("config is empty (write `{}` for all defaults)")
+    config: Config = _build(Config, data, "")
     return config
 
 
 def load_models(text: str) -> tuple[ModelRequest, ...]:
-    """Parse a models file: ``models: [{uri, priority}]``. URIs are checked later, one by one."""
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise ConfigError(f"models file is not valid YAML: {err}") from err
+    """Parse a models file: ``models: [{uri, priority}]``. URIs are checked later, one by one.
+
+    An empty document is an error (a truncated file must not evict every model); ``models: []``
+    asks for none.
+    """
+    data = _yaml(text, "models file")
     if data is None:
-        return ()
+        raise ConfigError("models file is empty (write `models: []` for no models)")
     if not isinstance(data, Mapping) or not isinstance(data.get("models", []), list):
         raise ConfigError("models file: expected a mapping with a list under `models`")
+    for key in data:
+        if key != "models":
+            raise ConfigError(f"{key}: unknown key (a models file holds only `models`)")
     requests = []
     for i, entry in enumerate(data.get("models") or []):
         if not isinstance(entry, Mapping) or not isinstance(entry.get("uri"), str):
@@ -207,6 +218,34 @@ def load_models(text: str) -> tuple[ModelRequest, ...]:
             raise ConfigError(f"models[{i}].priority: expected an integer, got {priority!r}")
         requests.append(ModelRequest(entry["uri"], priority, f"models[{i}]"))
     return tuple(requests)
+
+
+def restart_keys(started: Config, current: Config) -> tuple[str, ...]:
+    """Keys whose value in ``current`` differs from ``started`` and that only a restart applies."""
+    before, after = dict(_values(started, "")), dict(_values(current, ""))
+    return tuple(k for k in after if before[k] != after[k] and not k.startswith(LIVE_KEYS))
+
+
+def _values(obj: Any, prefix: str) -> list[tuple[str, Any]]:
+    pairs = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        key = prefix + _camel(f.name)
+        pairs += _values(value, key + ".") if dataclasses.is_dataclass(value) else [(key, value)]
+    return pairs
+
+
+def _yaml(text: str, what: str) -> Any:
+    """The YAML document; a syntax error is one ConfigError line with its position."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as err:
+        mark = err.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        context = f" ({err.context})" if err.context else ""
+        raise ConfigError(f"{what} is not valid YAML: {where}{err.problem}{context}") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{what} is not valid YAML: {' '.join(str(err).split())}") from err
 
 
 def reference_table() -> str:

@@ -63,9 +63,13 @@ def parse_auths(auths: object) -> dict[str, Credentials]:
 def read_docker_config(path: str | Path) -> dict[str, Credentials]:
     """``parse_docker_config`` of a file."""
     try:
-        text = Path(path).read_text()
+        data = Path(path).read_bytes()
     except OSError as err:
         raise ConfigError(f"docker config {str(path)!r}: cannot read: {err.strerror}") from err
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"docker config {str(path)!r}: not valid UTF-8 (byte offset {err.start})") from err
     return parse_docker_config(text)
 
 

@@ -1,77 +1,49 @@
-"""Files the agent reads and writes: its state file (atomically) and watched YAML documents."""
+"""The YAML documents the agent reads (config, models file), as bytes decoded with a clear error.
+
+The state file is ``adapters.state``.
+"""
 
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Generic, TypeVar
 
 from prefetcher.core.model import ModelRequest
-from prefetcher.core.state import AgentState, dump_state, parse_state
-from prefetcher.errors import ConfigError, StateError
+from prefetcher.errors import ConfigError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class StateFile:
-    """The agent's state on disk, written with write-to-temp, fsync and rename."""
-
-    def __init__(self, path: Path) -> None:
-        self._path = path
-
-    def load(self) -> AgentState:
-        """The saved state; empty when there is none. A corrupt file is set aside, not trusted."""
-        try:
-            text = self._path.read_text()
-        except FileNotFoundError:
-            return AgentState()
-        except OSError as err:
-            raise StateError(f"cannot read state file {self._path}: {err}") from err
-        try:
-            return parse_state(text)
-        except StateError as err:
-            aside = self._path.with_suffix(".corrupt")
-            os.replace(self._path, aside)
-            # Starting empty is safe: the agent only evicts images it remembers pulling.
-            log.error("state file %s is corrupt (%s); moved to %s, starting empty", self._path, err, aside)
-            return AgentState()
-
-    def save(self, state: AgentState) -> None:
-        """Replace the file atomically so a crash leaves the old or the new state, never half."""
-        data = dump_state(state)
-        try:
-            self._path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=self._path.parent, prefix=".state-")
-            with os.fdopen(fd, "w") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self._path)
-            dir_fd = os.open(self._path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
-        except OSError as err:
-            raise StateError(f"cannot write state file {self._path}: {err}") from err
-
-
 def read_config_file(path: Path) -> str:
-    """The text of a config or models file; an unreadable one is a ``ConfigError`` naming it."""
+    """The text of a config or models file; unreadable or not UTF-8, a ``ConfigError`` naming it."""
+    return decode_document(read_document(path), path)
+
+
+def read_document(path: Path) -> bytes:
+    """The bytes of a config or models file; an unreadable one is a ``ConfigError`` naming it."""
     try:
-        return path.read_text()
+        return path.read_bytes()
     except OSError as err:
         raise ConfigError(f"cannot read {path}: {err.strerror or err}") from err
+
+
+def decode_document(data: bytes, path: Path) -> str:
+    """``data`` as UTF-8 (YAML's encoding here); anything else is a ``ConfigError`` naming the byte."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        bad = data[err.start : err.start + 1].hex()
+        raise ConfigError(f"{path}: not valid UTF-8 (byte 0x{bad} at offset {err.start})") from err
 
 
 class WatchedFile(Generic[T]):
     """A YAML document reloaded when its content changes; an invalid one keeps the last good value.
 
-    ConfigMap volumes update by swapping a symlink, so the content is compared, not the mtime.
+    ConfigMap volumes update by swapping a symlink, so the content is compared, not the mtime. The
+    bytes are compared before decoding, so an edit that cannot be decoded is reported once.
     """
 
     def __init__(
@@ -80,23 +52,24 @@ class WatchedFile(Generic[T]):
         self._path = path
         self._parse = parse
         self._on_reload = on_reload
-        self._text: str = read_config_file(path)  # the first load must succeed: fail fast at start-up
-        self._value: T = parse(self._text)
+        self._data = read_document(path)  # the first load must succeed: fail fast at start-up
+        self._value: T = parse(decode_document(self._data, path))
 
     def current(self) -> T:
         """The last good value, after picking up any change on disk."""
         try:
-            text = self._path.read_text()
-        except OSError as err:
-            self._report("error", f"cannot read {self._path}: {err}; keeping the last good version")
-            return self._value
-        if text == self._text:
-            return self._value
-        self._text = text
-        try:
-            self._value = self._parse(text)
+            data = read_document(self._path)
         except ConfigError as err:
-            self._report("invalid", f"{self._path}: {err}; keeping the last good version")
+            self._report("error", f"{err}; keeping the last good version")
+            return self._value
+        if data == self._data:
+            return self._value
+        self._data = data
+        try:
+            self._value = self._parse(decode_document(data, self._path))
+        except ConfigError as err:
+            message = str(err) if str(err).startswith(str(self._path)) else f"{self._path}: {err}"
+            self._report("invalid", f"{message}; keeping the last good version")
             return self._value
         self._report("success", f"reloaded {self._path}")
         return self._value

@@ -37,6 +37,8 @@ INDEX_TYPES = frozenset({OCI_INDEX, DOCKER_LIST})
 ACCEPT = ", ".join((OCI_INDEX, DOCKER_LIST, OCI_MANIFEST, DOCKER_MANIFEST))
 # docker.io is a name, not an API endpoint; docker and containerd talk to this host instead.
 DOCKER_HUB_HOSTS = {"docker.io": "registry-1.docker.io"}
+# Far above any real image (a 10 TB model is 2**43), far below where sums lose meaning.
+MAX_BLOB_BYTES = 2**52
 _DEFAULT_VARIANTS = {"arm64": "v8", "arm": "v7", "amd64": "v1"}
 _PARAM = re.compile(r'([\w.-]+)\s*=\s*(?:"((?:[^"\\]|\\.)*)"|([^\s,]+))')
 
@@ -76,7 +78,11 @@ def select_platform(manifests: Sequence[Mapping[str, Any]], platform: str) -> Ma
     wanted_rank = _variant_rank(arch, wanted)
     best: tuple[int, Mapping[str, Any]] | None = None
     for entry in manifests:
+        if not isinstance(entry, Mapping) or not isinstance(entry.get("digest"), str):
+            continue  # not a descriptor: a hostile or broken index, never picked
         plat = entry.get("platform") or {}
+        if not isinstance(plat, Mapping):
+            continue
         if plat.get("os") != os_name or plat.get("architecture") != arch:
             continue
         variant = str(plat.get("variant", ""))
@@ -88,13 +94,44 @@ def select_platform(manifests: Sequence[Mapping[str, Any]], platform: str) -> Ma
         if ok and (best is None or rank > best[0]):
             best = (rank, entry)
     if best is None:
-        offered = sorted({_platform_name(e.get("platform") or {}) for e in manifests})
+        platforms = [e.get("platform") for e in manifests if isinstance(e, Mapping)]
+        offered = sorted({_platform_name(p) for p in platforms if isinstance(p, Mapping)})
         raise LookupError(f"no manifest for {platform}; the index offers {', '.join(offered)}")
     return best[1]
 
 
 def _platform_name(plat: Mapping[str, Any]) -> str:
     return "/".join(str(plat[key]) for key in ("os", "architecture", "variant") if plat.get(key))
+
+
+def image_size(manifest: Mapping[str, Any]) -> int:
+    """Config plus layer sizes of an image manifest; ``ValueError`` for a size no real image has.
+
+    A registry stores what it is given (distribution accepts a negative size), so every size is
+    checked: an integer, non-negative, at most ``MAX_BLOB_BYTES``; and there is at least one layer.
+    """
+    config, layers = manifest.get("config"), manifest.get("layers")
+    if not isinstance(config, Mapping):
+        raise ValueError("no config descriptor")
+    if not isinstance(layers, list) or not layers:
+        raise ValueError("no layers")
+    total = _descriptor_size(config, "config")
+    for i, layer in enumerate(layers):
+        if not isinstance(layer, Mapping):
+            raise ValueError(f"layers[{i}] is not a descriptor")
+        total += _descriptor_size(layer, f"layers[{i}]")
+    if total > MAX_BLOB_BYTES:
+        raise ValueError(f"declares {total} bytes in all, more than {MAX_BLOB_BYTES} (4 PiB)")
+    return total
+
+
+def _descriptor_size(descriptor: Mapping[str, Any], where: str) -> int:
+    size = descriptor.get("size")
+    if type(size) is not int:
+        raise ValueError(f"{where}.size must be an integer, got {size!r}")
+    if not 0 <= size <= MAX_BLOB_BYTES:
+        raise ValueError(f"{where}.size {size} is not a byte count between 0 and {MAX_BLOB_BYTES} (4 PiB)")
+    return size
 
 
 def _error_detail(body: bytes) -> str:
@@ -154,16 +191,20 @@ class HttpRegistry:
         platform = ""
         if media_type in INDEX_TYPES:
             try:
-                entry = select_platform(document.get("manifests") or [], self._platform)
+                listed = document.get("manifests")
+                entry = select_platform(listed if isinstance(listed, list) else [], self._platform)
             except LookupError as err:
                 raise RegistryError(f"{self._where(ref)}@{digest}: {err}", status=404) from err
             platform = _platform_name(entry.get("platform") or {})
             document, media_type, _ = self._manifest(ref, str(entry["digest"]), creds)
-        if media_type in INDEX_TYPES or "config" not in document:
+        if media_type in INDEX_TYPES or ("config" not in document and "layers" not in document):
             raise RegistryError(f"{self._where(ref)}: unsupported manifest type {media_type!r}")
-        sizes = [document["config"].get("size", 0)] + [x.get("size", 0) for x in document["layers"]]
-        log.debug("resolved %s to %s (%d bytes for %s)", ref, digest, sum(sizes), self._platform)
-        return ResolvedImage(ref.with_digest(digest), sum(int(s) for s in sizes), platform)
+        try:
+            size = image_size(document)
+        except ValueError as err:
+            raise RegistryError(f"{self._where(ref)}: manifest {digest}: {err}") from err
+        log.debug("resolved %s to %s (%d bytes for %s)", ref, digest, size, self._platform)
+        return ResolvedImage(ref.with_digest(digest), size, platform)
 
     def _where(self, ref: ImageRef) -> str:
         return f"registry {ref.registry} repository {ref.repository}"

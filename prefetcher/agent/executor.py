@@ -1,4 +1,11 @@
-"""Pulls under way: started through the runtime port, watched for completion and for stalls."""
+"""Pulls under way: started through the runtime port, watched for completion and for stalls.
+
+A finished pull's disk cost is the image filesystem's growth while it ran, when that growth can be
+trusted: the pull ran alone and started from nothing. After an interrupted attempt (a runtime
+restart, a stall, a cancel) blobs fetched before are already on disk and the growth undercounts;
+then, as when pulls overlapped, the cost is the runtime's own size of the image times the unpack
+factor, never less than the growth.
+"""
 
 from __future__ import annotations
 
@@ -26,6 +33,7 @@ class PullOutcome:
     seconds: float
     error: str | None = None
     reason: str = ""
+    image_size_bytes: int = 0
 
 
 @dataclass
@@ -37,6 +45,7 @@ class _InFlight:
     used_at_start: int
     alone: bool
     keys: Keys
+    unpack_factor: float
 
 
 class PullTracker:
@@ -49,6 +58,7 @@ class PullTracker:
         self._keychain = keychain
         self._active: dict[str, _InFlight] = {}
         self._last_used = 0
+        self._interrupted: set[str] = set()  # failed here before: their content may be partly on disk
 
     @property
     def active(self) -> dict[str, _InFlight]:
@@ -72,7 +82,10 @@ class PullTracker:
         self._last_used = max(self._last_used, used)
         for other in self._active.values():
             other.alone = False
-        self._active[ref] = _InFlight(pull, handle, now, now, used, alone=not self._active, keys=keys)
+        self._active[ref] = _InFlight(
+            pull, handle, now, now, used, alone=not self._active, keys=keys,
+            unpack_factor=cfg.budget.unpack_factor,
+        )
         log.info(
             "pulling %s (priority %d, about %s on disk) for %s",
             ref,
@@ -81,8 +94,9 @@ class PullTracker:
             ", ".join(pull.model.sources) or "-",
         )
 
-    def poll(self, *, stall_seconds: float) -> list[PullOutcome]:
-        """Collect finished pulls and cancel stalled ones."""
+    def poll(self, *, stall_seconds: float, limit_bytes: int | None = None) -> list[PullOutcome]:
+        """Collect finished pulls; cancel stalled ones, and ones that outgrow their declared size
+        past ``limit_bytes`` (a manifest that understates its layers must not breach the budget)."""
         if not self._active:
             return []
         now = self._clock.monotonic()
@@ -91,6 +105,7 @@ class PullTracker:
             for flight in self._active.values():
                 flight.last_progress = now
         self._last_used = used
+        over_budget = limit_bytes is not None and used > limit_bytes
         outcomes = []
         for ref, flight in list(self._active.items()):
             if flight.handle.done():
@@ -99,24 +114,46 @@ class PullTracker:
                 flight.handle.cancel()
                 error = f"no progress on the image filesystem for {stall_seconds:.0f}s; pull cancelled"
                 outcomes.append(self._outcome(flight, now, error=error, reason="stalled"))
+            elif over_budget and used - flight.used_at_start > flight.pull.cost_bytes:
+                flight.handle.cancel()
+                error = _outgrown(used - flight.used_at_start, flight.pull.cost_bytes, limit_bytes or 0)
+                outcomes.append(self._outcome(flight, now, error=error, reason="over_budget"))
             else:
                 continue
             del self._active[ref]
+            if outcomes[-1].error is not None:
+                self._interrupted.add(ref)
         return outcomes
 
     def _finish(self, ref: str, flight: _InFlight, used: int, now: float) -> PullOutcome:
         try:
-            image_id = flight.handle.result(0)
+            flight.handle.result(0)
+            # The runtime's record right after the agent's own pull: what proves ownership later.
+            image = self._runtime.image_status(ref)
         except PullFailedError as err:
             return self._outcome(flight, now, error=str(err), reason=err.reason)
         except RuntimeUnavailableError as err:
             return self._outcome(flight, now, error=str(err), reason="runtime_unavailable")
-        # The filesystem delta is the real cost only when no other pull ran beside this one.
+        if image is None:
+            error = f"pull of {ref} finished but the runtime does not list the image"
+            return self._outcome(flight, now, error=error, reason="error")
         observed = used - flight.used_at_start
-        cost = observed if flight.alone and observed >= 0 else flight.pull.cost_bytes
-        return PullOutcome(ref, flight.pull.model.sources, image_id, cost, now - flight.started)
+        clean = flight.alone and ref not in self._interrupted and observed >= image.size_bytes
+        estimate = int(image.size_bytes * flight.unpack_factor)
+        cost = observed if clean else max(estimate, observed if flight.alone else 0)
+        self._interrupted.discard(ref)
+        sources, seconds = flight.pull.model.sources, now - flight.started
+        return PullOutcome(ref, sources, image.id, cost, seconds, image_size_bytes=image.size_bytes)
 
     @staticmethod
     def _outcome(flight: _InFlight, now: float, *, error: str, reason: str) -> PullOutcome:
         model, error = flight.pull.model, flight.keys.explain(error)
         return PullOutcome(model.ref.canonical(), model.sources, "", 0, now - flight.started, error, reason)
+
+
+def _outgrown(growth: int, declared: int, limit: int) -> str:
+    return (
+        f"the image filesystem grew by {format_bytes(growth)} during the pull, more than the "
+        f"{format_bytes(declared)} its manifest declares, and passed the budget of "
+        f"{format_bytes(limit)}; pull cancelled"
+    )

@@ -5,7 +5,8 @@ number of pull handles this loop keeps open. A pass runs every ``resyncSeconds``
 pull finishes, and at once when ``wake`` is set (a source saw a change), so a new InferenceService
 is acted on within a pass, not a resync period. A pull fails on total time (``pull.timeoutSeconds``)
 or on lack of progress — the image filesystem not growing for ``pull.stallSeconds`` — because a
-100 GB pull legitimately takes an hour while a wedged one never finishes.
+100 GB pull legitimately takes an hour while a wedged one never finishes. The state is written
+once per pass (and once per batch of finished pulls) when it changed, never once per model.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ class Reconciler:
         after_pass: Callable[..., None] | None = None,
         wake: threading.Event | None = None,
         pull_secrets: PullSecrets | None = None,
+        restart_pending: Callable[[], tuple[str, ...]] = tuple,
     ) -> None:
         self._runtime = runtime
         self._source = source
@@ -74,6 +76,8 @@ class Reconciler:
         self._config = config
         self._state = state
         self._save = save_state
+        self._dirty = False
+        self._restart_pending = restart_pending
         self._draw = draw
         self._after_pass = after_pass
         self._wake = wake
@@ -112,13 +116,16 @@ class Reconciler:
         """One pass: resolve, plan, evict, start pulls. Raises PrefetchError when the runtime is down."""
         cfg = self._config()
         plan, resolution, cached_refs, usage_ratio = self._decide(cfg, failed_this_run)
-        for ref, error, sources in resolution.failures:
-            self._record_failure(ref, error, sources, failed_this_run)
-        self._remember(resolution.desired, cached_refs, self._clock.now())
-        for eviction in plan.evictions:
-            self._evict(eviction)
-        for pull in plan.pulls[: max(cfg.pull.concurrency - len(self._pulls.active), 0)]:
-            self._pulls.start(pull, cfg)
+        try:
+            for ref, error, sources in resolution.failures:
+                self._record_failure(ref, error, sources, failed_this_run)
+            self._remember(resolution.desired, cached_refs, self._clock.now())
+            for eviction in plan.evictions:
+                self._evict(eviction)
+            for pull in plan.pulls[: max(cfg.pull.concurrency - len(self._pulls.active), 0)]:
+                self._pulls.start(pull, cfg)
+        finally:
+            self._flush()
         self._publish(plan, usage_ratio)
         self.report = PassReport(plan, dict(failed_this_run or {}))
         return self.report
@@ -191,6 +198,7 @@ class Reconciler:
             "budgetBytes": plan.limit_bytes,
             "usedBytes": plan.used_bytes,
             "lastError": self.last_error,
+            "restartPending": list(self._restart_pending()),
         }
 
     def _wait(self, stop: threading.Event, seconds: float, failed: dict[str, str] | None) -> None:
@@ -202,7 +210,8 @@ class Reconciler:
         deadline = self._clock.monotonic() + seconds
         stall_seconds = self._config().pull.stall_seconds  # a reload takes effect at the next pass
         while not stop.is_set() and self._clock.monotonic() < deadline:
-            finished = self._pulls.poll(stall_seconds=stall_seconds)
+            limit = self.report.plan.limit_bytes or None  # of the last pass; 0 before the first
+            finished = self._pulls.poll(stall_seconds=stall_seconds, limit_bytes=limit)
             for outcome in finished:
                 if outcome.error is None:
                     self._record_success(outcome)
@@ -210,6 +219,10 @@ class Reconciler:
                     self._record_failure(
                         outcome.model_ref, outcome.error, outcome.sources, failed, outcome.reason
                     )
+            try:
+                self._flush()
+            except PrefetchError as err:  # kept dirty: the next pass writes it or fails loudly
+                log.error("saving the state failed: %s", err)
             if finished or (self._wake is not None and self._wake.is_set()):
                 return
             (stop if self._wake is None else self._wake).wait(
@@ -218,9 +231,10 @@ class Reconciler:
 
     def _record_success(self, outcome: PullOutcome) -> None:
         now, ref, cost = self._clock.now(), outcome.model_ref, outcome.cost_bytes
-        self._state.managed[ref] = ManagedImage(ref, outcome.image_id, now, now, cost)
+        size = outcome.image_size_bytes
+        self._state.managed[ref] = ManagedImage(ref, outcome.image_id, now, now, cost, size)
         self._state.backoff.pop(ref, None)
-        self._save(self._state)
+        self._dirty = True
         self._metrics.pulls.labels("success", "").inc()
         self._metrics.pull_duration.observe(outcome.seconds)
         self._metrics.pulled_bytes.inc(cost)
@@ -242,7 +256,7 @@ class Reconciler:
         failures = (previous.failures if previous else 0) + 1
         until = self._clock.now() + policy.delay(failures, draw=self._draw())
         self._state.backoff[ref] = BackoffEntry(failures, until, error[:500])
-        self._save(self._state)
+        self._dirty = True
         if failed is not None:
             failed[ref] = error
         self.last_error = f"{ref}: {error}"[:300]
@@ -253,17 +267,14 @@ class Reconciler:
     def _remember(self, desired: tuple[DesiredModel, ...], cached_refs: frozenset[str], now: float) -> None:
         """Refresh last-desired times of held images; forget images the runtime no longer has."""
         wanted = {m.ref.canonical() for m in desired}
-        changed = False
         for ref, managed in list(self._state.managed.items()):
             if ref not in cached_refs:
                 del self._state.managed[ref]
                 log.info("forgetting %s: no longer in the image store", ref)
-                changed = True
+                self._dirty = True
             elif ref in wanted and now - managed.last_desired_at > 60:
                 self._state.managed[ref] = replace(managed, last_desired_at=now)
-                changed = True
-        if changed:
-            self._save(self._state)
+                self._dirty = True
 
     def _evict(self, eviction: Eviction) -> None:
         # Re-check just before removing: a pod may have started on this image since the plan.
@@ -274,7 +285,7 @@ class Reconciler:
         self._runtime.remove_image(eviction.image_id)
         for ref in eviction.refs:
             self._state.managed.pop(ref, None)
-        self._save(self._state)
+        self._dirty = True
         self._metrics.evictions.labels(eviction.reason.value).inc()
         log.info(
             "evicted %s (%s, freed about %s)",
@@ -282,6 +293,12 @@ class Reconciler:
             eviction.reason.value,
             format_bytes(eviction.freed_bytes),
         )
+
+    def _flush(self) -> None:
+        """Write the state if it changed since the last write (raises StateError)."""
+        if self._dirty:
+            self._save(self._state)
+            self._dirty = False
 
     def _publish(self, plan: Plan, usage_ratio: float) -> None:
         m = self._metrics

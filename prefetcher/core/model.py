@@ -45,13 +45,18 @@ class CachedImage:
 
 @dataclass(frozen=True)
 class ManagedImage:
-    """An image the agent pulled itself, as remembered in its state file."""
+    """An image the agent pulled itself, as remembered in its state file.
+
+    ``image_id`` and ``image_size_bytes`` are what the runtime reported right after the agent's own
+    pull: the image is the agent's to evict only while the runtime still reports both.
+    """
 
     ref: str
     image_id: str
     pulled_at: float
     last_desired_at: float
     cost_bytes: int
+    image_size_bytes: int
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,10 @@ tests in ``tests/unit/test_planner_properties.py``:
 * when it plans a pull, projected usage (used + in flight - evicted + planned pulls) stays within
   the budget;
 * it never evicts an image that a container uses, that is pinned, that the agent did not pull, or
-  that also carries a name the agent did not pull (CRI ``RemoveImage`` removes every name);
+  that also carries a name the agent did not pull (CRI ``RemoveImage`` removes every name); "the
+  agent pulled it" means the runtime still reports the id and size it reported after that pull;
+* a model whose size is negative (a lying manifest) is never planned, so no size can lower the
+  projected usage;
 * it considers models in priority order (highest first) and fills first-fit, so a lower-priority
   model is pulled past a skipped higher-priority one only when it is smaller;
 * the same inputs in any order give the same plan.
@@ -71,6 +74,10 @@ def plan(
     for model in pending:
         cost = budget.pull_cost(model.size_bytes)
         ref = model.ref.canonical()
+        if cost < 0:
+            msg = f"the registry reported a negative size ({model.size_bytes} bytes)"
+            skips.append(Skip(ref, SkipReason.UNRESOLVED, msg, model.sources))
+            continue
         if cost > limit:
             msg = f"needs {format_bytes(cost)}, more than the whole budget of {limit_text}"
             skips.append(Skip(ref, SkipReason.TOO_LARGE, msg, model.sources))
@@ -156,7 +163,8 @@ def _evictable(
             continue
         if image.id in in_use or refs & in_use or refs & desired_refs:
             continue
-        if any(m.image_id != image.id for m in owned):
+        # Ownership is proven by the runtime's own record, not only claimed: same id, same size.
+        if any(m.image_id != image.id or m.image_size_bytes != image.size_bytes for m in owned):
             continue
         newest = max(owned, key=lambda m: m.last_desired_at)
         candidates.append(_Candidate(image, newest))

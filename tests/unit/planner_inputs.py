@@ -39,4 +39,5 @@ def managed_of(m: DesiredModel, *, last_desired_at: float = 0.0, cost: int | Non
         pulled_at=0.0,
         last_desired_at=last_desired_at,
         cost_bytes=cost if cost is not None else 2 * m.size_bytes,
+        image_size_bytes=m.size_bytes,
     )

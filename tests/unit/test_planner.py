@@ -101,3 +101,26 @@ def test_duplicates_merge_to_highest_priority_and_all_sources() -> None:
     (merged,) = merge_desired([a1, a2])
     assert merged.priority == 7
     assert merged.sources == ("isvc ns/other", "test a")
+
+
+def test_a_negative_size_is_never_planned_and_cannot_make_room_for_others() -> None:
+    liar = model("liar", priority=9, size=-20 * 1024 * GIB)
+    a, b = model("a", priority=5, size=20 * GIB), model("b", priority=1, size=20 * GIB)
+    result = plan([liar, a, b], [], frozenset(), DISK, BUDGET, now=0, managed={})
+    assert [p.model.ref for p in result.pulls] == [a.ref]
+    assert [(s.ref, s.reason) for s in result.skips] == [
+        (liar.ref.canonical(), SkipReason.UNRESOLVED),
+        (b.ref.canonical(), SkipReason.BUDGET),
+    ]
+    assert result.projected_bytes <= result.limit_bytes
+
+
+def test_an_image_whose_runtime_record_changed_since_the_agents_pull_is_not_evicted() -> None:
+    old = model("old")
+    claim = managed_of(old)
+    relisted = cached_of(old)
+    changed = type(relisted)(relisted.id, relisted.repo_digests, (), relisted.size_bytes + 1)
+    args = ([], [changed], frozenset(), DISK, BUDGET)
+    assert plan(*args, now=10**9, managed={old.ref.canonical(): claim}).evictions == ()
+    args = ([], [relisted], frozenset(), DISK, BUDGET)
+    assert len(plan(*args, now=10**9, managed={old.ref.canonical(): claim}).evictions) == 1

@@ -279,3 +279,78 @@ def test_a_rejected_tag_is_reported_on_the_object_that_asked_for_it() -> None:
     world.agent().run(threading.Event(), once=True)
     skipped = [e for e in world.events.events if e[2] == "PrefetchSkipped"]
     assert skipped and skipped[0][0] == ("isvc ns/llm",), world.events.events
+
+
+def test_duplicates_are_one_lookup_and_one_failure_with_every_source() -> None:
+    world = World({})
+    world.source.models = [ModelRequest(f"oci://{ref('gone')}", i % 3, f"copy {i}") for i in range(50)]
+    agent = world.agent()
+    assert agent.run(threading.Event(), once=True) == 1
+    assert world.registry.lookups == [ref("gone")]
+    assert world.saved[-1].backoff[ref("gone")].failures == 1
+    (failed,) = [e for e in world.events.events if e[2] == "PrefetchFailed"]
+    assert failed[0] == tuple(f"copy {i}" for i in range(50))
+
+
+def test_the_state_is_written_once_per_pass_not_once_per_model() -> None:
+    world = World({f"m{i}": MIB for i in range(20)})
+    world.want(*(f"m{i}" for i in range(20)), "absent1", "absent2", "absent3")
+    world.config = load_config("pull: {concurrency: 64}")
+    world.agent().reconcile()
+    assert len(world.saved) == 1  # three failures, twenty pulls started: one write
+
+
+def test_the_summary_lists_config_keys_waiting_for_a_restart() -> None:
+    world = World({})
+    pending: tuple[str, ...] = ()
+    agent = Reconciler(
+        runtime=world.runtime, registry=world.registry, source=world.source, disk=world.disk,
+        events=world.events, metrics=Metrics(CollectorRegistry()), clock=world.clock,
+        config=lambda: world.config, state=AgentState(), save_state=world.saved.append,
+        draw=lambda: 0.5, restart_pending=lambda: pending,
+    )
+    assert agent.summary()["restartPending"] == []
+    pending = ("imageFsPath",)
+    assert agent.summary()["restartPending"] == ["imageFsPath"]
+
+
+def test_after_an_interrupted_pull_the_cost_is_the_runtimes_size_not_the_smaller_growth() -> None:
+    world = World({"a": 10 * MIB}, config="budget: {unpackFactor: 2}")
+    world.want("a")
+    world.runtime.failures[ref("a")] = PullFailedError("runtime restarted", reason="error")
+    agent = world.agent()
+    agent.run(threading.Event(), once=True)
+    del world.runtime.failures[ref("a")]
+    world.runtime.sizes[ref("a")] = 20 * MIB
+    # The first attempt left its blobs: the retry grows the disk by 5 MiB only.
+    grow = world.runtime.finish
+
+    def partial(pull: object) -> None:
+        grow(pull)  # type: ignore[arg-type]
+        world.disk.used_bytes -= 15 * MIB
+
+    world.runtime.finish = partial  # type: ignore[method-assign]
+    assert world.agent(world.saved[-1]).run(threading.Event(), once=True) == 0
+    managed = world.saved[-1].managed[ref("a")]
+    assert managed.image_size_bytes == 20 * MIB
+    assert managed.cost_bytes == 40 * MIB  # 20 MiB the runtime reports, times the unpack factor
+
+
+def test_a_pull_that_outgrows_its_declared_size_past_the_budget_is_cancelled() -> None:
+    world = World({"a": 10 * MIB})
+    world.runtime.held.add(ref("a"))
+    tracker = PullTracker(
+        runtime=world.runtime,
+        disk=world.disk,
+        clock=world.clock,
+        keychain=Keychain(node=world.registry.credentials_for),
+    )
+    model = world.registry.table[ref("a")]
+    tracker.start(Pull(DesiredModel(model.ref, 0, model.size_bytes, ("t",)), 20 * MIB), world.config)
+    world.disk.used_bytes += 30 * MIB  # more than declared, still under the limit
+    assert tracker.poll(stall_seconds=120, limit_bytes=40 * MIB) == []
+    world.disk.used_bytes += 20 * MIB  # and now past it
+    (outcome,) = tracker.poll(stall_seconds=120, limit_bytes=40 * MIB)
+    assert outcome.reason == "over_budget" and world.runtime.pulls[0].cancelled
+    expected = "grew by 50.0 MiB during the pull, more than the 20.0 MiB its manifest declares"
+    assert expected in (outcome.error or "")

@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from prefetcher.adapters.docker_config import parse_docker_config, read_docker_config, server_host
-from prefetcher.adapters.registry import Challenge, parse_challenge, select_platform
+from prefetcher.adapters.registry import Challenge, image_size, parse_challenge, select_platform
 from prefetcher.errors import ConfigError
 from prefetcher.ports import Credentials
 
@@ -184,3 +184,48 @@ def test_select_platform_reports_what_is_offered() -> None:
 def test_select_platform_first_of_equals_wins() -> None:
     index = [_entry("linux/amd64", "first"), _entry("linux/amd64", "second")]
     assert select_platform(index, "linux/amd64")["digest"] == "first"
+
+
+def _manifest(*sizes: object, config: object = 10) -> dict[str, Any]:
+    return {"config": {"size": config}, "layers": [{"size": s} for s in sizes]}
+
+
+def test_image_size_sums_config_and_layers() -> None:
+    assert image_size(_manifest(100, 200)) == 310
+
+
+@pytest.mark.parametrize(
+    ("manifest", "message"),
+    [
+        (_manifest(100, -20 * 2**40), r"^layers\[1\]\.size -21990232555520 is not a byte count"),
+        (_manifest(100, config=-1), r"^config\.size -1 is not a byte count"),
+        (_manifest(2**60), r"^layers\[0\]\.size 1152921504606846976 is not a byte count"),
+        (_manifest(2**51, 2**51, 2**51), r"^declares .* bytes in all, more than"),
+        (_manifest("100"), r"^layers\[0\]\.size must be an integer, got '100'"),
+        (_manifest(True), r"^layers\[0\]\.size must be an integer, got True"),
+        (_manifest(1.5), r"^layers\[0\]\.size must be an integer"),
+        (_manifest(), r"^no layers$"),
+        ({"config": {"size": 1}}, r"^no layers$"),
+        ({"layers": [{"size": 1}]}, r"^no config descriptor$"),
+        ({"config": {"size": 1}, "layers": ["x"]}, r"^layers\[0\] is not a descriptor$"),
+    ],
+)
+def test_a_lying_manifest_size_is_refused(manifest: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        image_size(manifest)
+
+
+@given(st.lists(st.integers(min_value=-(2**63), max_value=2**63), min_size=1, max_size=5))
+def test_image_size_is_never_negative_whatever_the_manifest_says(sizes: list[int]) -> None:
+    try:
+        size = image_size(_manifest(*sizes))
+    except ValueError:
+        size = 0
+    assert 0 <= size <= 2**52
+
+
+def test_read_docker_config_that_is_not_utf8_is_a_config_error(tmp_path: Any) -> None:
+    path = tmp_path / "config.json"
+    path.write_bytes(b'{"auths": {"h": {"auth": "\xff"}}}')
+    with pytest.raises(ConfigError, match=r"not valid UTF-8 \(byte offset 26\)"):
+        read_docker_config(path)
