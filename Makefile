@@ -2,7 +2,7 @@
 PY ?= .venv/bin/python
 APT_PACKAGES := containerd runc docker-registry busybox-static buildah mmdebstrap
 
-.PHONY: deps venv k8s-assets proto lint test test-unit demo bench clean
+.PHONY: deps venv k8s-assets kserve-assets proto lint test test-unit demo bench clean
 
 deps: venv ## system packages (root) and the Python environment
 	@command -v containerd >/dev/null && command -v docker-registry >/dev/null && command -v runc >/dev/null \
@@ -19,6 +19,9 @@ venv: .venv/.installed
 k8s-assets: ## kube-apiserver, etcd, kubectl … for the integration tests (cached after the first build)
 	bash hack/k8s-assets.sh
 
+kserve-assets: ## KServe's controller manager, CRDs, ConfigMap and webhooks at a pinned release (cached)
+	bash hack/kserve-assets.sh
+
 proto: venv ## regenerate the CRI stubs from proto/
 	bash hack/gen-proto.sh
 
@@ -26,7 +29,7 @@ lint: venv
 	.venv/bin/ruff check prefetcher tests bench
 	.venv/bin/mypy
 
-test: deps k8s-assets lint ## the whole suite: lint, types, unit, integration against real components
+test: deps k8s-assets kserve-assets lint ## the whole suite: lint, types, unit, integration against real components
 	KUBEBUILDER_ASSETS=$$(bash hack/k8s-assets.sh --print-dir) .venv/bin/pytest -p no:cacheprovider tests
 
 test-unit: venv

@@ -59,8 +59,9 @@ from bench.idle_rss import (  # noqa: E402
 from bench.isvc_objects import NODE_LABELS, Creator, background, isvc  # noqa: E402
 from prefetcher.adapters.cri import CriImageRuntime  # noqa: E402
 from tests.integration.test_kube_source import create_node  # noqa: E402
-from tests.support.apiserver import ApiServer, install_isvc_crd, start_control_plane  # noqa: E402
+from tests.support.apiserver import ApiServer, start_control_plane  # noqa: E402
 from tests.support.containerd import RunningContainerd  # noqa: E402
+from tests.support.kserve import install_isvc_crd  # noqa: E402
 from tests.support.oci import PushedImage, push_modelcar  # noqa: E402
 from tests.support.pods import wait_for  # noqa: E402
 from tests.support.registry import RunningRegistry, free_port  # noqa: E402

@@ -6,6 +6,8 @@ pytest_plugins = [
     "tests.support.containerd",
     "tests.support.agent_image",
     "tests.support.apiserver",
+    "tests.support.kserve",
     "tests.support.cluster",
     "tests.support.service_route",
+    "tests.support.agent_deploy",
 ]

@@ -194,7 +194,8 @@ def test_changes_are_announced_and_a_status_update_is_not(
     holder.append(start_source(create_node(apiserver), namespaces=[namespace], on_change=announce))
     apply_isvc(apiserver, namespace, "a", {"model": {"storageUri": CPU_URI}})
     eventually(lambda: list(seen), lambda got: got == [frozenset({"a"})])
-    status = json.dumps({"status": {"url": "http://a.example", "conditions": [{"type": "Ready"}]}})
+    ready = {"type": "Ready", "status": "False"}
+    status = json.dumps({"status": {"url": "http://a.example", "conditions": [ready]}})
     apiserver.kubectl(
         "patch", "isvc", "a", "-n", namespace, "--subresource=status", "--type=merge", "-p", status
     )

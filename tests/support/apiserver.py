@@ -46,7 +46,6 @@ from tests.support.registry import free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ASSETS_SCRIPT = REPO_ROOT / "hack" / "k8s-assets.sh"
-CRD_DIR = Path(__file__).resolve().parent / "crds"
 REQUIRED_BINARIES = ("etcd", "kube-apiserver", "kubectl")
 SERVICE_CIDR = "10.0.0.0/24"
 START_TIMEOUT_SECONDS = 90.0
@@ -400,24 +399,8 @@ def start_control_plane(workdir: Path) -> Iterator[ApiServer]:
         yield server
 
 
-def install_isvc_crd(apiserver: ApiServer) -> str:
-    """Install the KServe InferenceService CRD, wait until it is Established; return its name."""
-    name = "inferenceservices.serving.kserve.io"
-    apiserver.kubectl("apply", "-f", str(CRD_DIR / "inferenceservice.yaml"))
-    apiserver.kubectl(
-        "wait", "--for=condition=Established", f"crd/{name}", f"--timeout={START_TIMEOUT_SECONDS}s"
-    )
-    return name
-
-
 @pytest.fixture(scope="session")
 def apiserver(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiServer]:
     """A session-wide kube-apiserver + etcd on loopback, torn down at the end of the session."""
     with start_control_plane(tmp_path_factory.mktemp("apiserver")) as server:
         yield server
-
-
-@pytest.fixture(scope="session")
-def isvc_crd(apiserver: ApiServer) -> str:
-    """Install the KServe InferenceService CRD and wait until it is Established."""
-    return install_isvc_crd(apiserver)
