@@ -209,6 +209,7 @@ CASES = {
     "legacy-framework": Case(shape_framework),
     "container-STORAGE_URI": Case(shape_container_env),
     "storageUris": Case(shape_storage_uris),
+    "transformer": Case(shape_transformer, ("predictor", "transformer")),
 }
 
 
