@@ -50,7 +50,6 @@ from tests.support.cluster import Cluster
 from tests.support.kserve import KServe, start_kserve
 from tests.support.kserve_workloads import (
     SMALL,
-    Model,
     inference_service,
     model_predictor,
     push_model,
