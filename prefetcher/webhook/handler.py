@@ -41,7 +41,7 @@ class _Invalid(Exception):
         self.uid = uid
 
 
-def handle_review(body: bytes, *, config: WebhookConfig) -> tuple[Response, str]:
+def handle_review(body: bytes | bytearray, *, config: WebhookConfig) -> tuple[Response, str]:
     """The AdmissionReview response to ``body`` and its outcome label; never raises."""
     try:
         request = _parse(body)
@@ -55,7 +55,7 @@ def handle_review(body: bytes, *, config: WebhookConfig) -> tuple[Response, str]
         return review(uid, allowed=False, code=500, message=message), "error"
 
 
-def _parse(body: bytes) -> Mapping[str, Any]:
+def _parse(body: bytes | bytearray) -> Mapping[str, Any]:
     try:
         document = json.loads(body)
     except (ValueError, RecursionError) as error:

@@ -338,12 +338,12 @@ def test_a_slow_request_is_cut_off_at_its_deadline(served: Served) -> None:
     with _tls_socket(served) as tls:
         tls.sendall(b"POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
         tls.settimeout(DEADLINE_SECONDS)
-        started = time.monotonic()
+        assert tls.recv(4096).startswith(b"HTTP/1.1 408")
         try:
-            data = tls.recv(4096)
+            rest = tls.recv(4096)
         except (ssl.SSLError, ConnectionResetError):
-            data = b""
-        assert data == b"" and time.monotonic() - started < DEADLINE_SECONDS - 1
+            rest = b""
+        assert rest == b""  # and the connection is closed
 
 
 def test_listen_addresses() -> None:
