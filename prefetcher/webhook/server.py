@@ -56,7 +56,7 @@ class _ServerConfig(HypercornConfig):
 
     def __init__(self, *, listener: socket.socket, certs: CertificateStore, config: WebhookConfig) -> None:
         self._listener = listener
-        self._certs = certs
+        self._ssl_context = certs.listener_context()
         self.backlog = BACKLOG
         self.keep_alive_timeout = IDLE_SECONDS
         self.ssl_handshake_timeout = config.request_timeout_seconds
@@ -71,7 +71,7 @@ class _ServerConfig(HypercornConfig):
         return True
 
     def create_ssl_context(self) -> ssl.SSLContext:
-        return self._certs.listener_context()
+        return self._ssl_context
 
     def create_sockets(self) -> Sockets:
         return Sockets(secure_sockets=[self._listener], insecure_sockets=[], quic_sockets=[])

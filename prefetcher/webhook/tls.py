@@ -72,9 +72,11 @@ class CertificateStore:
         return self._context
 
     def listener_context(self) -> ssl.SSLContext:
-        """A context for the listening socket that serves each handshake with ``context()``."""
+        """A context for the listening socket that serves each handshake with ``context()``.
+
+        It holds no certificate of its own: OpenSSL runs the callback before it picks one.
+        """
         listener = self._new_context()
-        listener.load_cert_chain(str(self._paths[0]), str(self._paths[1]))
 
         def pick(connection: ssl.SSLObject, _server_name: str | None, _current: ssl.SSLContext) -> None:
             connection.context = self.context()
