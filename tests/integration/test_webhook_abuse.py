@@ -83,6 +83,10 @@ class Running:
         finally:
             conn.close()
 
+    def started(self) -> bool:
+        """Healthy, or exited (a port taken by another process between pick and bind)."""
+        return self.proc.poll() is not None or self.healthy()
+
     def healthy(self) -> bool:
         conn = self.https()
         try:
@@ -138,7 +142,7 @@ def running_webhook(directory: Path) -> Iterator[Running]:
             proc = subprocess.Popen(["setpriv", "--pdeathsig", "KILL", *argv], stdout=out, stderr=out)
         running = Running(proc, port, ca, log, cap)
         try:
-            poll(lambda: running.healthy() or proc.poll() is not None, "a healthy /healthz")
+            poll(running.started, "a healthy /healthz")
         except AssertionError:
             proc.kill()
             proc.wait()
