@@ -181,7 +181,7 @@ def _check_conflicts(view: PodView, targets: list[int], model_path: str, config:
     mount_dir = build.parent(model_path)
     for index in targets:
         for mount in view.mounts(index):
-            path = posixpath.normpath(str(mount.get("mountPath", "")))
+            path = canonical_path(mount.get("mountPath"))
             reused = sidecar and path == mount_dir and mount.get("name") == config.volume_name
             if reused:
                 continue
@@ -190,6 +190,15 @@ def _check_conflicts(view: PodView, targets: list[int], model_path: str, config:
                     f"container {view.container_names[index]} already mounts volume"
                     f" {mount.get('name')!r} at {path}, where the model goes ({model_path})"
                 )
+
+
+def canonical_path(path: Any) -> str:
+    """The directory a container runtime mounts at for ``path``: absolute, normalized, no ``//``.
+
+    POSIX keeps a leading ``//`` (``normpath("//mnt")`` is ``//mnt``), but runtimes mount it at
+    ``/mnt``; compared raw, it would slip past the conflict check.
+    """
+    return posixpath.normpath("/" + str(path or "").lstrip("/"))
 
 
 def _sidecar_ops(
@@ -236,7 +245,8 @@ def _wire_containers(view: PodView, targets: list[int], model_path: str, config:
         base = f"/spec/containers/{index}"
         mounts = view.mounts(index)
         present = any(
-            m.get("name") == mount["name"] and m.get("mountPath") == mount["mountPath"] for m in mounts
+            m.get("name") == mount["name"] and canonical_path(m.get("mountPath")) == mount["mountPath"]
+            for m in mounts
         )
         if not present:
             ops += _extend(f"{base}/volumeMounts", view.containers[index].get("volumeMounts"), [mount])
