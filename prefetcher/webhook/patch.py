@@ -7,7 +7,9 @@ workloads: ``modelcar-prefetcher.io/model-uri`` (``oci://`` only), optionally
 
 KServe with its OCI modes off gives an ``oci://`` pod its storage initializer instead, which reads
 no OCI images, with its volume on the model path: that init container and those mounts are replaced
-by the modelcar (sidecar modes), with a warning.
+by the modelcar (sidecar modes), with a warning. KServe's webhook is reinvoked after ours
+(``reinvocationPolicy: IfNeeded``) and would add its storage initializer again for as long as its
+source-URI annotation is there, so the annotation moves to ``modelcar-prefetcher.io/kserve-source-uri``.
 
 Idempotence: a pod that already has the modelcar container (or, in image-volume mode, the image
 volume) gets no operations, so ``reinvocationPolicy: IfNeeded`` and KServe's own injector, in
@@ -36,6 +38,8 @@ ANNOTATION_PREFIX = "modelcar-prefetcher.io/"
 MODEL_URI_ANNOTATION = ANNOTATION_PREFIX + "model-uri"
 CONTAINER_ANNOTATION = ANNOTATION_PREFIX + "container"
 MOUNT_PATH_ANNOTATION = ANNOTATION_PREFIX + "mount-path"
+# Where KServe's source-URI annotation goes when its storage initializer is replaced (see below).
+REPLACED_ANNOTATION = ANNOTATION_PREFIX + "kserve-source-uri"
 OCI_SCHEME = "oci://"
 # KServe's init container for non-OCI storage; for one URI its args are [uri, model dir]
 # (pkg/webhook/admission/pod/storage_initializer_injector.go).
@@ -144,7 +148,11 @@ def _replace_storage_initializer(
     index = next((i for i, c in enumerate(view.init_containers) if _initializes(c, trigger.uri)), None)
     if index is None:
         return [], view
-    ops: list[Op] = [{"op": "remove", "path": f"/spec/initContainers/{index}"}]
+    ops: list[Op] = [
+        {"op": "remove", "path": f"/metadata/annotations/{_pointer(trigger.annotation)}"},
+        {"op": "add", "path": f"/metadata/annotations/{_pointer(REPLACED_ANNOTATION)}", "value": trigger.uri},
+        {"op": "remove", "path": f"/spec/initContainers/{index}"},
+    ]
     containers = []
     for number, container in enumerate(view.containers):
         mounts = view.mounts(number)
@@ -160,6 +168,11 @@ def _replace_storage_initializer(
         containers.append({**container, "volumeMounts": kept} if on_model else container)
     inits = [c for i, c in enumerate(view.init_containers) if i != index]
     return ops, PodView.read({"spec": {**view.spec, "containers": containers, "initContainers": inits}})
+
+
+def _pointer(key: str) -> str:
+    """``key`` as one JSON Pointer token (RFC 6901: ``~`` is ``~0``, ``/`` is ``~1``)."""
+    return key.replace("~", "~0").replace("/", "~1")
 
 
 def _initializes(container: Mapping[str, Any], uri: str) -> bool:

@@ -15,6 +15,7 @@ from prefetcher.webhook.patch import (
     CONTAINER_ANNOTATION,
     MODEL_URI_ANNOTATION,
     MOUNT_PATH_ANNOTATION,
+    REPLACED_ANNOTATION,
     Mutation,
     build_patch,
 )
@@ -218,6 +219,8 @@ def test_kserves_storage_initializer_for_an_oci_model_is_replaced_by_the_modelca
         {"name": "kserve-provision-location", "mountPath": "/mnt"},
     ]
     assert any("replaced KServe's storage-initializer" in w for w in mutation.warnings)
+    # KServe's webhook, reinvoked, adds its storage initializer wherever its annotation is.
+    assert pod["metadata"]["annotations"] == {REPLACED_ANNOTATION: PINNED}
     assert build_patch(pod=pod, config=config) == Mutation()
 
 
