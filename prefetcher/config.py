@@ -288,10 +288,15 @@ def _yaml(text: str, what: str) -> Any:
         raise ConfigError(f"{what} is not valid YAML: {' '.join(str(err).split())}") from err
 
 
+def reference_rows() -> list[tuple[str, str, str]]:
+    """Every key of the configuration with its default (as shown in docs) and its doc."""
+    return _walk(Config, "")
+
+
 def reference_table() -> str:
     """The configuration reference as a Markdown table (key, default, meaning)."""
     rows = ["| key | default | meaning |", "| --- | --- | --- |"]
-    rows += [f"| `{k}` | `{d}` | {doc} |" for k, d, doc in _walk(Config, "")]
+    rows += [f"| `{k}` | `{d}` | {doc} |" for k, d, doc in reference_rows()]
     return "\n".join(rows)
 
 
