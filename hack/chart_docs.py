@@ -36,6 +36,7 @@ BOOL: dict[str, Any] = {"type": "boolean"}
 MAP: dict[str, Any] = {"type": "object"}
 STR_MAP: dict[str, Any] = {"type": "object", "additionalProperties": {"type": "string"}}
 LIST: dict[str, Any] = {"type": "array"}
+DIGEST = {"type": "string", "pattern": r"^$|^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$"}
 NAME = {"type": "string", "pattern": r"^$|^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", "maxLength": 63}
 
 
@@ -91,7 +92,7 @@ def chart_schema() -> dict[str, Any]:
             {
                 "repository": {"type": "string", "minLength": 1},
                 "tag": STR,
-                "digest": {"type": "string", "pattern": r"^$|^[a-z0-9]+(?:[.+_-][a-z0-9]+)*:[a-zA-Z0-9=_-]+$"},
+                "digest": DIGEST,
                 "pullPolicy": {"enum": ["Always", "IfNotPresent", "Never"]},
             }
         ),
