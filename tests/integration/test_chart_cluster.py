@@ -90,6 +90,13 @@ def test_install_warm_wire_scrape_upgrade_uninstall(  # noqa: PLR0917 (fixtures)
             "1 warm, 0 pulling, 0 skipped",
         ), warm
         assert condition(node.node(), "Ready")["status"] == "True", "kubelet's own conditions are untouched"
+        log = node.pod_logs(NAMESPACE, agent["metadata"]["name"], "agent")
+        marker = f"condition {CONDITION} is "
+        went = [line.split(marker, 1)[1] for line in log.splitlines() if marker in line]
+        # False while the model was pulled, then True; an Unknown before them is a first pass that
+        # ran before the InferenceServices were listed.
+        assert [state.split(" ")[0] for state in went][-2:] == ["False", "True"], log
+        assert went[-2].startswith("False (Pulling: 0 warm, 1 pulling"), went
 
         cluster_ip = node.get("service", "-n", NAMESPACE, WEBHOOK)["spec"]["clusterIP"]
         with service_route.forward(cluster_ip, 443, webhook_port):
