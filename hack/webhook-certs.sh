@@ -11,7 +11,7 @@
 # drops the oldest CA. Needs openssl, kubectl and base64; KUBECONFIG/--context as for kubectl.
 set -euo pipefail
 
-NAMESPACE=${NAMESPACE:-modelcar-prefetcher}
+NAMESPACE=${NAMESPACE:-modelcar-prefetcher-webhook}
 SERVICE=${SERVICE:-modelcar-prefetcher-webhook}
 SECRET=${SECRET:-modelcar-prefetcher-webhook-tls}
 WEBHOOK_CONFIG=${WEBHOOK_CONFIG:-modelcar-prefetcher-webhook}
@@ -59,10 +59,14 @@ done
 patch+="]"
 "$KUBECTL" patch mutatingwebhookconfiguration "$WEBHOOK_CONFIG" --type=json -p "$patch" >/dev/null
 
-# 2. The serving certificate and key, with the CA for reference (never its key).
+# 2. The serving certificate and key, with the CA for reference (never its key). Server-side
+# apply: a client-side apply would copy the whole Secret, tls.key included, into the
+# kubectl.kubernetes.io/last-applied-configuration annotation, readable by anyone who may read
+# the Secret's metadata.
 "$KUBECTL" -n "$NAMESPACE" create secret generic "$SECRET" --type=kubernetes.io/tls \
   --from-file=tls.crt=tls.crt --from-file=tls.key=tls.key --from-file=ca.crt=ca.crt \
-  --dry-run=client -o yaml | "$KUBECTL" apply -f - >/dev/null
+  --dry-run=client -o yaml \
+  | "$KUBECTL" apply --server-side --force-conflicts --field-manager=modelcar-prefetcher-webhook-certs -f - >/dev/null
 
 echo "webhook-certs: Secret $NAMESPACE/$SECRET and caBundle of $WEBHOOK_CONFIG ($entries entries) updated;" \
   "certificate valid for $DAYS days"

@@ -12,9 +12,8 @@ import logging
 from typing import Any
 
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
-from prefetcher.errors import KubeError
+from prefetcher.adapters.kube_api import kube_errors
 
 log = logging.getLogger(__name__)
 ANNOTATION = "modelcar-prefetcher.io/summary"
@@ -35,8 +34,6 @@ class NodeSummary:
         if text == self._last:
             return
         body = {"metadata": {"annotations": {ANNOTATION: text}}}
-        try:
+        with kube_errors(f"annotating node {self._node}"):  # transport errors too, not only ApiException
             self._core.patch_node(self._node, body, _request_timeout=TIMEOUT_SECONDS)
-        except ApiException as err:
-            raise KubeError(f"annotating node {self._node}: {err.status} {err.reason}") from err
         self._last = text

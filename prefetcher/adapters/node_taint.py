@@ -13,9 +13,8 @@ import logging
 from typing import Any
 
 from kubernetes import client
-from kubernetes.client.exceptions import ApiException
 
-from prefetcher.errors import KubeError
+from prefetcher.adapters.kube_api import kube_errors
 from prefetcher.ports import Clock
 
 log = logging.getLogger(__name__)
@@ -40,12 +39,10 @@ class StartupTaint:
         late = self._clock.monotonic() >= self._deadline
         if not settled and not late:
             return
-        try:
+        # Every client error, transport ones included (urllib3 lets them through), is a KubeError
+        # the reconcile loop logs and retries: none may end the agent.
+        with kube_errors(f"removing taint {self._key} from node {self._node}"):
             present = self._remove()
-        except ApiException as err:
-            raise KubeError(
-                f"removing taint {self._key} from node {self._node}: {err.status} {err.reason}"
-            ) from err
         self.removed = True
         if not present:  # e.g. a provisioner that adds another key: say so rather than claim removal
             log.info("start-up taint %s is not on node %s; nothing to remove", self._key, self._node)

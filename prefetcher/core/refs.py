@@ -22,7 +22,8 @@ _DOMAIN = re.compile(
     r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*"
     r"|\[[0-9a-fA-F:]+\])(?::[0-9]+)?"
 )
-_TAG = re.compile(r"[\w][\w.-]{0,127}")
+# ASCII only, as the distribution grammar: Python's \w would also take "tägé".
+_TAG = re.compile(r"[\w][\w.-]{0,127}", re.ASCII)
 _DIGEST = re.compile(r"(sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128})")
 MAX_NAME_LENGTH = 255
 
@@ -112,6 +113,9 @@ def _split_domain(text: str, uri: str) -> tuple[str, str]:
     if sep and ("." in first or ":" in first or first == "localhost" or first.startswith("[")):
         if not _DOMAIN.fullmatch(first):
             raise InvalidReferenceError(f"{uri!r}: invalid registry host {first!r}")
+        port = first.rpartition(":")[2] if first.rfind(":") > first.rfind("]") else ""
+        if port and not 0 < int(port) <= 65535:
+            raise InvalidReferenceError(f"{uri!r}: registry port {port} is not between 1 and 65535")
         if not rest:
             raise InvalidReferenceError(f"{uri!r}: missing repository after {first!r}")
         return first, rest

@@ -62,7 +62,7 @@ class WebhookConfig:
     """What to do with a model image named by tag rather than digest: allow, warn or deny."""
     restricted_security_context: bool = True
     """Give injected containers a security context that passes the "restricted" Pod Security level."""
-    max_request_bytes: int = 4 * 1024 * 1024
+    max_request_bytes: int = 10 * 1024 * 1024
     """Largest AdmissionReview body accepted, in bytes."""
     request_timeout_seconds: float = 10.0
     """Time allowed for a new connection's TLS handshake and first request, and for each request body."""

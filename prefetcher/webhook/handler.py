@@ -10,8 +10,10 @@ Choices for input that is not a Pod CREATE the webhook can act on:
   with a warning when it is not a Pod (the webhook configuration should not have sent it; denying
   would block objects the webhook has no opinion on);
 - a Pod that asks to be wired but cannot be: ``allowed: false`` with code 403 and the reason;
-- an unexpected error in the patch builder: ``allowed: false`` with code 500 and the error, so a
-  bug shows as a clear message rather than a pod started without its model.
+- an unexpected error in the patch builder: ``allowed: false`` with code 400 and the error, so a
+  bug shows as a clear message rather than a pod started without its model. Only input reaches
+  the builder, so such an error is the pod's shape meeting a check the builder lacks: a 4xx, as
+  every answer here, never a 5xx (which reads as the webhook being down).
 
 The outcome label returned with every response is one of ``OUTCOMES``, bounded for metrics.
 """
@@ -41,7 +43,7 @@ class _Invalid(Exception):
         self.uid = uid
 
 
-def handle_review(body: bytes, *, config: WebhookConfig) -> tuple[Response, str]:
+def handle_review(body: bytes | bytearray, *, config: WebhookConfig) -> tuple[Response, str]:
     """The AdmissionReview response to ``body`` and its outcome label; never raises."""
     try:
         request = _parse(body)
@@ -51,11 +53,11 @@ def handle_review(body: bytes, *, config: WebhookConfig) -> tuple[Response, str]
     try:
         return _decide(request, uid, config)
     except Exception as error:  # the contract is "never raises": report the bug instead
-        message = f"internal error wiring the pod: {type(error).__name__}: {error}"
-        return review(uid, allowed=False, code=500, message=message), "error"
+        message = f"cannot wire this pod: {type(error).__name__}: {error}"
+        return review(uid, allowed=False, code=400, message=message), "error"
 
 
-def _parse(body: bytes) -> Mapping[str, Any]:
+def _parse(body: bytes | bytearray) -> Mapping[str, Any]:
     try:
         document = json.loads(body)
     except (ValueError, RecursionError) as error:

@@ -5,6 +5,10 @@ storage initializer's business and are left alone), or this project's annotation
 workloads: ``modelcar-prefetcher.io/model-uri`` (``oci://`` only), optionally
 ``modelcar-prefetcher.io/container`` (comma-separated names) and ``…/mount-path``.
 
+KServe with its OCI modes off gives an ``oci://`` pod its storage initializer instead, which reads
+no OCI images, with its volume on the model path: that init container and those mounts are replaced
+by the modelcar (sidecar modes), with a warning.
+
 Idempotence: a pod that already has the modelcar container (or, in image-volume mode, the image
 volume) gets no operations, so ``reinvocationPolicy: IfNeeded`` and KServe's own injector, in
 either order, never wire a pod twice.
@@ -33,6 +37,9 @@ MODEL_URI_ANNOTATION = ANNOTATION_PREFIX + "model-uri"
 CONTAINER_ANNOTATION = ANNOTATION_PREFIX + "container"
 MOUNT_PATH_ANNOTATION = ANNOTATION_PREFIX + "mount-path"
 OCI_SCHEME = "oci://"
+# KServe's init container for non-OCI storage; for one URI its args are [uri, model dir]
+# (pkg/webhook/admission/pod/storage_initializer_injector.go).
+STORAGE_INITIALIZER = "storage-initializer"
 Op = dict[str, Any]
 
 
@@ -74,6 +81,12 @@ def _build(pod: Mapping[str, Any], config: WebhookConfig) -> Mutation:
     if _already_wired(view, config):
         return Mutation()
     image, pull_policy, warnings = _image(trigger, config)
+    replaced, view = _replace_storage_initializer(view, trigger, config)
+    if replaced:
+        warnings.append(
+            f"replaced KServe's {STORAGE_INITIALIZER} for {trigger.uri} with the modelcar"
+            " (KServe's OCI model mode is off)"
+        )
     targets = _targets(trigger, view, config)
     if not targets:
         wanted = " or ".join(config.serving_containers) or "(none configured)"
@@ -87,7 +100,7 @@ def _build(pod: Mapping[str, Any], config: WebhookConfig) -> Mutation:
     ops, uid_warnings = _sidecar_ops(
         view, targets, trigger=trigger, image=image, pull_policy=pull_policy, config=config
     )
-    return Mutation(patch=tuple(ops), warnings=tuple(warnings + uid_warnings))
+    return Mutation(patch=tuple(replaced + ops), warnings=tuple(warnings + uid_warnings))
 
 
 def _trigger(annotations: Mapping[str, Any], config: WebhookConfig) -> _Trigger | None:
@@ -119,6 +132,41 @@ def _already_wired(view: PodView, config: WebhookConfig) -> bool:
         return True
     volume = view.volume(config.volume_name)
     return config.modelcar_mode == "image-volume" and volume is not None and "image" in volume
+
+
+def _replace_storage_initializer(
+    view: PodView, trigger: _Trigger, config: WebhookConfig
+) -> tuple[list[Op], PodView]:
+    """Operations removing KServe's storage initializer for this OCI model and its volume's mounts
+    on the model path, and the pod as they leave it; none where KServe did not add one."""
+    if trigger.explicit or config.modelcar_mode == "image-volume":
+        return [], view
+    index = next((i for i, c in enumerate(view.init_containers) if _initializes(c, trigger.uri)), None)
+    if index is None:
+        return [], view
+    ops: list[Op] = [{"op": "remove", "path": f"/spec/initContainers/{index}"}]
+    containers = []
+    for number, container in enumerate(view.containers):
+        mounts = view.mounts(number)
+        on_model = [
+            j
+            for j, mount in enumerate(mounts)
+            if mount.get("name") == config.volume_name
+            and canonical_path(mount.get("mountPath")) == trigger.model_path
+        ]
+        base = f"/spec/containers/{number}/volumeMounts"
+        ops += [{"op": "remove", "path": f"{base}/{j}"} for j in reversed(on_model)]
+        kept = [mount for j, mount in enumerate(mounts) if j not in on_model]
+        containers.append({**container, "volumeMounts": kept} if on_model else container)
+    inits = [c for i, c in enumerate(view.init_containers) if i != index]
+    return ops, PodView.read({"spec": {**view.spec, "containers": containers, "initContainers": inits}})
+
+
+def _initializes(container: Mapping[str, Any], uri: str) -> bool:
+    """True for KServe's storage initializer fetching ``uri``."""
+    args = container.get("args")
+    first = args[0] if isinstance(args, list) and args else None
+    return container["name"] == STORAGE_INITIALIZER and first == uri
 
 
 def _image(trigger: _Trigger, config: WebhookConfig) -> tuple[str, str | None, list[str]]:
@@ -181,7 +229,7 @@ def _check_conflicts(view: PodView, targets: list[int], model_path: str, config:
     mount_dir = build.parent(model_path)
     for index in targets:
         for mount in view.mounts(index):
-            path = posixpath.normpath(str(mount.get("mountPath", "")))
+            path = canonical_path(mount.get("mountPath"))
             reused = sidecar and path == mount_dir and mount.get("name") == config.volume_name
             if reused:
                 continue
@@ -190,6 +238,15 @@ def _check_conflicts(view: PodView, targets: list[int], model_path: str, config:
                     f"container {view.container_names[index]} already mounts volume"
                     f" {mount.get('name')!r} at {path}, where the model goes ({model_path})"
                 )
+
+
+def canonical_path(path: Any) -> str:
+    """The directory a container runtime mounts at for ``path``: absolute, normalized, no ``//``.
+
+    POSIX keeps a leading ``//`` (``normpath("//mnt")`` is ``//mnt``), but runtimes mount it at
+    ``/mnt``; compared raw, it would slip past the conflict check.
+    """
+    return posixpath.normpath("/" + str(path or "").lstrip("/"))
 
 
 def _sidecar_ops(
@@ -236,7 +293,8 @@ def _wire_containers(view: PodView, targets: list[int], model_path: str, config:
         base = f"/spec/containers/{index}"
         mounts = view.mounts(index)
         present = any(
-            m.get("name") == mount["name"] and m.get("mountPath") == mount["mountPath"] for m in mounts
+            m.get("name") == mount["name"] and canonical_path(m.get("mountPath")) == mount["mountPath"]
+            for m in mounts
         )
         if not present:
             ops += _extend(f"{base}/volumeMounts", view.containers[index].get("volumeMounts"), [mount])

@@ -65,7 +65,9 @@ class PodView:
                 raise WiringError(f"malformed pod: container #{index} has no name")
         for index, container in enumerate(containers):
             where = f"spec.containers[{index}]"
-            items(container, "env", f"{where}.env")
+            for number, entry in enumerate(items(container, "env", f"{where}.env")):
+                if not isinstance(entry.get("name"), str):
+                    raise WiringError(f"malformed pod: {where}.env[{number}].name is not a string")
             items(container, "volumeMounts", f"{where}.volumeMounts")
             mapping(container, "securityContext", f"{where}.securityContext")
         volumes = tuple(items(spec, "volumes", "spec.volumes"))

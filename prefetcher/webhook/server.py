@@ -1,32 +1,40 @@
 """The webhook's HTTPS server; with ``tls`` the only modules of ``prefetcher.webhook`` doing I/O.
 
-``POST /mutate`` answers AdmissionReview v1 through ``handler.handle_review``; ``GET /healthz``
-and ``GET /metrics`` serve probes and Prometheus. TLS only: every accepted socket is wrapped with
-the context ``tls.CertificateStore`` holds, reloaded when the files rotate. One thread per
-connection (HTTP/1.1 keep-alive), a bounded number of connections, bodies bounded in size, and a
-reaper that closes any connection whose current request or idle period outlives its deadline,
-so a slow client cannot hold a thread forever.
+``app.AdmissionApp`` is served by hypercorn (asyncio, HTTP/1.1 over TLS only) rather than a
+hand-rolled server: a connection costs a coroutine, not a thread or a slot, so clients that hold
+connections open or dribble their headers cannot starve the API server's reviews. Limits:
+
+- the TLS handshake must finish within ``requestTimeoutSeconds``; headers are at most 16 KiB;
+- an idle keep-alive connection, and the headers of the next request on it, get ``IDLE_SECONDS``
+  — longer than the API server's own idle timeout (90 s), so it is the client that closes idle
+  connections and never a POST that races the server's close;
+- body limits and deadlines are ``app``'s; the listen backlog is ``BACKLOG``;
+- ``stop`` drains: the listener closes, idle connections close, reviews in flight are answered
+  (for up to ``DRAIN_SECONDS``), then the loop ends. The Deployment's ``preStop`` delays SIGTERM
+  until the endpoints no longer list the pod.
+
+The certificate is reloaded when the files rotate (``tls.CertificateStore.listener_context``).
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
+import asyncio
 import logging
 import socket
-import socketserver
+import ssl
 import threading
-import time
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import cast
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from hypercorn.asyncio import serve
+from hypercorn.config import Config as HypercornConfig
+from hypercorn.config import Sockets
+from hypercorn.typing import ASGIFramework
+from prometheus_client import CollectorRegistry
 
 from prefetcher.errors import ConfigError
+from prefetcher.webhook.app import AdmissionApp
 from prefetcher.webhook.config import WebhookConfig, load_webhook_config
-from prefetcher.webhook.handler import handle_review
 from prefetcher.webhook.metrics import WebhookMetrics
 from prefetcher.webhook.tls import CertificateStore
 
@@ -34,179 +42,57 @@ log = logging.getLogger(__name__)
 # Longer than the idle timeout of the API server's HTTP client (90 s), so the client, never this
 # server, closes idle connections: a POST on a connection closed under it is not retried.
 IDLE_SECONDS = 120.0
-MAX_CONNECTIONS = 256
-_CHUNK_BYTES = 64 * 1024
-_LOGGED_OUTCOMES = frozenset({"mutated", "denied", "invalid", "error"})
+# The API server opens connections in bursts (one per concurrent review); a short queue drops
+# SYNs and each drop costs the client a 1 s retransmit. The kernel caps it at net.core.somaxconn.
+BACKLOG = 1024
+# How long a stopping server waits for reviews in flight; the Deployment's grace period covers it.
+DRAIN_SECONDS = 15.0
+# Bodies held in memory at once, in units of maxRequestBytes (see app.py).
+BODY_BUDGET_REQUESTS = 3
 
 
-class _Reaper:
-    """Deadlines of open connections; ``run`` shuts down the sockets that pass theirs."""
+class _ServerConfig(HypercornConfig):
+    """hypercorn's settings, with our listening socket and our certificate store."""
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._deadlines: dict[socket.socket, float] = {}
+    def __init__(self, *, listener: socket.socket, certs: CertificateStore, config: WebhookConfig) -> None:
+        self._listener = listener
+        self._ssl_context = certs.listener_context()
+        self.backlog = BACKLOG
+        self.keep_alive_timeout = IDLE_SECONDS
+        self.ssl_handshake_timeout = config.request_timeout_seconds
+        self.graceful_timeout = DRAIN_SECONDS
+        self.alpn_protocols = ["http/1.1"]
+        self.include_server_header = False
+        self.accesslog = None
+        self.errorlog = logging.getLogger("prefetcher.webhook.hypercorn")
 
-    def arm(self, sock: socket.socket, seconds: float) -> None:
-        with self._lock:
-            self._deadlines[sock] = time.monotonic() + seconds
+    @property
+    def ssl_enabled(self) -> bool:
+        return True
 
-    def forget(self, sock: socket.socket) -> None:
-        with self._lock:
-            self._deadlines.pop(sock, None)
+    def create_ssl_context(self) -> ssl.SSLContext:
+        return self._ssl_context
 
-    def run(self, stop: threading.Event) -> None:
-        while not stop.wait(0.5):
-            now = time.monotonic()
-            with self._lock:
-                expired = [s for s, deadline in self._deadlines.items() if deadline < now]
-            for sock in expired:
-                self.forget(sock)
-                # The plain socket's shutdown (SSLSocket's drops its TLS state under the reader):
-                # the thread blocked reading sees EOF and ends.
-                with contextlib.suppress(OSError):
-                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    def create_sockets(self) -> Sockets:
+        return Sockets(secure_sockets=[self._listener], insecure_sockets=[], quic_sockets=[])
 
 
-@dataclass(frozen=True)
-class _Services:
-    config: WebhookConfig
-    metrics: WebhookMetrics
-    reaper: _Reaper
-
-
-class _TLSServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, address: tuple[str, int], *, certs: CertificateStore, services: _Services) -> None:
-        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
-        self.certs = certs
-        self.services = services
-        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
-        super().__init__(address, _Handler)
-
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind resolves the host's FQDN, a DNS lookup nothing here needs.
-        socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = str(self.server_address[0]), int(self.server_address[1])
-
-    def get_request(self) -> tuple[Any, Any]:
-        sock, address = self.socket.accept()
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        wrapped = self.certs.context().wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-        return wrapped, address
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
-            self.services.metrics.requests.labels("rejected").inc()
-            self.shutdown_request(request)
-            return
-        self.services.reaper.arm(request, self.services.config.request_timeout_seconds)
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self._release(request)
-            raise
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._release(request)
-
-    def _release(self, request: Any) -> None:
-        self.services.reaper.forget(request)
-        self._slots.release()
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        # TLS failures (plain HTTP, scanners, clients that do not trust the CA) and resets.
-        log.debug("connection from %s ended with an error", client_address, exc_info=True)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: _TLSServer
-    wbufsize = _CHUNK_BYTES  # headers and body leave in one write, one TLS record
-    timeout = IDLE_SECONDS
-
-    def setup(self) -> None:
-        super().setup()
-        self.request.do_handshake()
-
-    def do_POST(self) -> None:
-        services = self.server.services
-        if self.path.split("?", 1)[0] != "/mutate":
-            self._refuse(404, "not found")
-            return
-        services.reaper.arm(self.request, services.config.request_timeout_seconds)
-        started = time.perf_counter()
-        body = self._read_body(services.config)
-        if body is None:
-            return
-        response, outcome = handle_review(body, config=services.config)
-        self._send(200, "application/json", json.dumps(response, separators=(",", ":")).encode())
-        services.metrics.requests.labels(outcome).inc()
-        services.metrics.duration.observe(time.perf_counter() - started)
-        if outcome in _LOGGED_OUTCOMES:
-            answer = response["response"]
-            log.info(
-                "review %s: %s%s",
-                answer.get("uid") or "(no uid)",
-                outcome,
-                f": {answer['status']['message']}" if "status" in answer else "",
-            )
-
-    def do_GET(self) -> None:
-        path = self.path.split("?", 1)[0]
-        if path in ("/healthz", "/readyz"):
-            self._send(200, "text/plain", b"ok\n")
-        elif path == "/metrics":
-            registry: CollectorRegistry = self.server.services.metrics.registry
-            self._send(200, CONTENT_TYPE_LATEST, generate_latest(registry))
-        else:
-            self._refuse(404, "not found")
-
-    def _read_body(self, config: WebhookConfig) -> bytes | None:
-        length_text = self.headers.get("Content-Length")
-        if length_text is None or not length_text.isdigit():
-            self._refuse(411, "Content-Length required")
-            return None
-        length = int(length_text)
-        if length > config.max_request_bytes:
-            self._refuse(413, f"body larger than {config.max_request_bytes} bytes")
-            return None
-        chunks: list[bytes] = []
-        remaining = length
-        while remaining > 0:
-            chunk = self.rfile.read1(min(remaining, _CHUNK_BYTES))
-            if not chunk:  # the client went away or the reaper closed a slow request
-                self.close_connection = True
-                self.server.services.metrics.requests.labels("rejected").inc()
-                return None
-            chunks.append(chunk)
-            remaining -= len(chunk)
-        return b"".join(chunks)
-
-    def _refuse(self, status: int, message: str) -> None:
-        self.server.services.metrics.requests.labels("rejected").inc()
-        self.close_connection = True  # an unread body would corrupt the next request
-        self._send(status, "text/plain", f"{message}\n".encode())
-
-    def _send(self, status: int, content_type: str, body: bytes) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(body)
-        self.server.services.reaper.arm(self.request, IDLE_SECONDS)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("%s " + format, self.address_string(), *args)
+def _listen(address: tuple[str, int]) -> socket.socket:
+    family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(address)
+        listener.listen(BACKLOG)
+        listener.setblocking(False)
+    except OSError:
+        listener.close()
+        raise
+    return listener
 
 
 class WebhookServer:
-    """The HTTPS admission server, serving from background threads until ``stop``."""
+    """The HTTPS admission server, serving from a background event loop until ``stop``."""
 
     def __init__(
         self,
@@ -216,29 +102,42 @@ class WebhookServer:
         metrics: WebhookMetrics,
         address: tuple[str, int],
     ) -> None:
-        self._stopping = threading.Event()
-        services = _Services(config=config, metrics=metrics, reaper=_Reaper())
-        self._server = _TLSServer(address, certs=certs, services=services)
-        self._threads = [
-            threading.Thread(target=self._server.serve_forever, args=(0.1,), name="webhook", daemon=True),
-            threading.Thread(target=services.reaper.run, args=(self._stopping,), name="reaper", daemon=True),
-        ]
+        self._listener = _listen(address)
+        self._port = int(self._listener.getsockname()[1])
+        self._app = AdmissionApp(
+            config=config,
+            metrics=metrics,
+            body_budget_bytes=BODY_BUDGET_REQUESTS * config.max_request_bytes,
+        )
+        self._settings = _ServerConfig(listener=self._listener, certs=certs, config=config)
+        self._loop = asyncio.new_event_loop()
+        self._stopping = asyncio.Event()
+        self._thread = threading.Thread(target=self._run, name="webhook", daemon=True)
 
     @property
     def port(self) -> int:
         """The bound port (useful with port 0)."""
-        return int(self._server.server_address[1])
+        return self._port
 
     def start(self) -> None:
-        """Accept connections in the background."""
-        for thread in self._threads:
-            thread.start()
+        """Accept connections in the background (the socket already queues them)."""
+        self._thread.start()
 
     def stop(self) -> None:
-        """Stop accepting, close the listening socket; open connections end with their requests."""
-        self._stopping.set()
-        self._server.shutdown()
-        self._server.server_close()
+        """Stop accepting, answer the reviews in flight, then return."""
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._stopping.set)
+            self._thread.join()
+        self._app.close()
+        self._listener.close()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            app = cast(ASGIFramework, self._app)  # ASGI by protocol; hypercorn's types are nominal
+            self._loop.run_until_complete(serve(app, self._settings, shutdown_trigger=self._stopping.wait))
+        finally:
+            self._loop.close()
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -252,7 +151,7 @@ def parse_listen(text: str) -> tuple[str, int]:
 def run_webhook(
     *, config_path: Path, cert_path: Path, key_path: Path, listen: str, stop: threading.Event
 ) -> int:
-    """Serve the webhook until ``stop`` is set; raises ``ConfigError`` on a bad config or cert."""
+    """Serve the webhook until ``stop`` is set, then drain; raises ``ConfigError`` on a bad config or cert."""
     try:
         config = load_webhook_config(Path(config_path).read_text())
     except OSError as error:
@@ -262,6 +161,7 @@ def run_webhook(
         Path(cert_path),
         Path(key_path),
         on_reload=lambda outcome: metrics.certificate_reloads.labels(outcome).inc(),
+        on_expiry=metrics.certificate_expiry.set,
     )
     try:
         server = WebhookServer(config=config, certs=certs, metrics=metrics, address=parse_listen(listen))
@@ -272,6 +172,7 @@ def run_webhook(
         "webhook serving AdmissionReview v1 on https://%s/mutate (mode %s)", listen, config.modelcar_mode
     )
     stop.wait()
-    log.info("webhook stopping")
+    log.info("webhook stopping: answering the reviews in flight")
     server.stop()
+    log.info("webhook stopped")
     return 0

@@ -50,7 +50,6 @@ from tests.support.cluster import Cluster
 from tests.support.kserve import KServe, start_kserve
 from tests.support.kserve_workloads import (
     SMALL,
-    Model,
     inference_service,
     model_predictor,
     push_model,
@@ -209,6 +208,7 @@ CASES = {
     "legacy-framework": Case(shape_framework),
     "container-STORAGE_URI": Case(shape_container_env),
     "storageUris": Case(shape_storage_uris),
+    "transformer": Case(shape_transformer, ("predictor", "transformer")),
 }
 
 

@@ -37,6 +37,7 @@ PINNED = "oci://quay.io/acme/llama@sha256:" + "5" * 64
 DEADLINE_SECONDS = 60.0
 CONFIG_NAME = "modelcar-prefetcher-webhook"
 
+WEBHOOK_NAMESPACE = "modelcar-prefetcher-webhook"
 
 def poll(check: Callable[[], Any], what: str, seconds: float = DEADLINE_SECONDS) -> Any:
     deadline = time.monotonic() + seconds
@@ -401,7 +402,7 @@ def _bundle(apiserver: ApiServer, name: str) -> list[list[x509.Certificate]]:
 def test_webhook_certs_script_fills_the_secret_and_rotates_ca_bundle(
     apiserver: ApiServer, tmp_path: Path
 ) -> None:
-    namespace(apiserver, "modelcar-prefetcher")
+    namespace(apiserver, WEBHOOK_NAMESPACE)
     config = rendered_webhook_config()
     config["metadata"]["name"] = "modelcar-prefetcher-certs-test"
     for entry in config["webhooks"]:
@@ -427,8 +428,12 @@ def test_webhook_certs_script_fills_the_secret_and_rotates_ca_bundle(
             assert len(bundles) == 2 and bundles[0] == bundles[1] and len(bundles[0]) == run
             secret = json.loads(
                 apiserver.kubectl(
-                    "get", "secret", "-n", "modelcar-prefetcher", "certs-test-tls", "-o", "json"
+                    "get", "secret", "-n", WEBHOOK_NAMESPACE, "certs-test-tls", "-o", "json"
                 )
+            )
+            # Applied server-side: no last-applied annotation holding a copy of tls.key.
+            assert "kubectl.kubernetes.io/last-applied-configuration" not in secret["metadata"].get(
+                "annotations", {}
             )
             assert secret["type"] == "kubernetes.io/tls" and set(secret["data"]) == {
                 "tls.crt",
@@ -439,11 +444,11 @@ def test_webhook_certs_script_fills_the_secret_and_rotates_ca_bundle(
             assert leaf.issuer == bundles[0][0].subject  # the newest CA comes first and signed it
             leaf.verify_directly_issued_by(bundles[0][0])
             sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-            assert "modelcar-prefetcher-webhook.modelcar-prefetcher.svc" in sans.get_values_for_type(
+            assert f"modelcar-prefetcher-webhook.{WEBHOOK_NAMESPACE}.svc" in sans.get_values_for_type(
                 x509.DNSName
             )
     finally:
         apiserver.kubectl("delete", "mutatingwebhookconfiguration", "modelcar-prefetcher-certs-test")
         apiserver.kubectl(
-            "delete", "secret", "-n", "modelcar-prefetcher", "certs-test-tls", "--ignore-not-found"
+            "delete", "secret", "-n", WEBHOOK_NAMESPACE, "certs-test-tls", "--ignore-not-found"
         )

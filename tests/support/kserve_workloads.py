@@ -50,7 +50,9 @@ def server_container(image: str, port: int, *, root: str = "/mnt/models", **extr
     return {
         "name": "kserve-container",
         "image": image,
-        "command": ["/bin/busybox", "httpd", "-f", "-p", f"127.0.0.1:{port}", "-h", root],
+        # KServe appends its own arguments to a custom transformer's container (--model_name,
+        # --predictor_host, --http_port: CustomTransformer.GetContainer); ``sh -c`` ignores them.
+        "command": ["/bin/sh", "-c", f"exec /bin/busybox httpd -f -p 127.0.0.1:{port} -h {root}", "server"],
         "ports": [{"containerPort": port, "protocol": "TCP"}],
         "readinessProbe": {"httpGet": probe, "periodSeconds": 1},
         "resources": {"requests": SMALL, "limits": SMALL},

@@ -45,6 +45,11 @@ def test_parses_and_canonicalises_as_containerd_names_images(uri: str, canonical
         ("h.io/m:bad tag", "invalid tag"),
         ("h.io/", "missing repository"),
         ("h.io/a//b", "invalid repository component ''"),
+        ("oci://h.io/m:t\u00e4g\u00e9", "invalid tag"),
+        ("oci://h.io/m:\u0661", "invalid tag"),
+        ("oci://h.io:65536/m@sha256:" + "0" * 64, "registry port 65536 is not between 1 and 65535"),
+        ("oci://h.io:0/m:v1", "registry port 0"),
+        ("oci://[::1]:99999/m:v1", "registry port 99999"),
     ],
 )
 def test_rejects_malformed_references_naming_the_part(uri: str, message: str) -> None:

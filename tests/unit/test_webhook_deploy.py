@@ -8,11 +8,12 @@ from typing import Any
 import pytest
 
 from prefetcher.webhook.config import WebhookConfig, load_webhook_config
+from prefetcher.webhook.server import DRAIN_SECONDS
 from tests.support.manifests import one, render
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "webhook"
-NAMESPACE = "modelcar-prefetcher"
-SYSTEM_NAMESPACES = {"kube-system", "kube-public", "kube-node-lease", NAMESPACE}
+NAMESPACE = "modelcar-prefetcher-webhook"
+SYSTEM_NAMESPACES = {"kube-system", "kube-public", "kube-node-lease", "modelcar-prefetcher", NAMESPACE}
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +30,7 @@ def pod(docs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def test_everything_namespaced_lands_in_the_product_namespace(docs: list[dict[str, Any]]) -> None:
     for doc in docs:
-        if doc["kind"] != "MutatingWebhookConfiguration":
+        if doc["kind"] not in ("MutatingWebhookConfiguration", "Namespace", "PriorityClass"):
             assert doc["metadata"]["namespace"] == NAMESPACE, doc["kind"]
 
 
@@ -140,7 +141,34 @@ def test_cert_manager_overlay_injects_the_ca_of_the_serving_certificate() -> Non
         v["secret"]["secretName"] for v in deployment["spec"]["template"]["spec"]["volumes"] if "secret" in v
     ]
     assert certificate["spec"]["secretName"] in secrets
-    assert "modelcar-prefetcher-webhook.modelcar-prefetcher.svc" in certificate["spec"]["dnsNames"]
+    assert f"modelcar-prefetcher-webhook.{NAMESPACE}.svc" in certificate["spec"]["dnsNames"]
     issuer = one(docs, "Issuer", certificate["spec"]["issuerRef"]["name"])
     ca = one(docs, "Certificate", "modelcar-prefetcher-webhook-ca")
     assert issuer["spec"]["ca"]["secretName"] == ca["spec"]["secretName"] and ca["spec"]["isCA"] is True
+
+
+def test_the_webhook_namespace_enforces_restricted_and_the_agents_allows_privileged(
+    docs: list[dict[str, Any]],
+) -> None:
+    labels = one(docs, "Namespace")["metadata"]["labels"]
+    assert one(docs, "Namespace")["metadata"]["name"] == NAMESPACE
+    assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+    agent = next(d for d in render(DEPLOY.parent / "agent") if d["kind"] == "Namespace")
+    assert agent["metadata"]["name"] != NAMESPACE
+    assert agent["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "privileged"
+
+
+def test_only_8443_reaches_the_webhook_and_it_reaches_nothing(docs: list[dict[str, Any]]) -> None:
+    policy = one(docs, "NetworkPolicy")["spec"]
+    pods = one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert policy["podSelector"]["matchLabels"].items() <= pods.items()
+    assert policy["policyTypes"] == ["Ingress", "Egress"] and policy["egress"] == []
+    assert [rule["ports"] for rule in policy["ingress"]] == [[{"protocol": "TCP", "port": 8443}]]
+
+
+def test_priority_drain_and_grace_period(docs: list[dict[str, Any]], pod: dict[str, Any]) -> None:
+    assert pod["priorityClassName"] == one(docs, "PriorityClass")["metadata"]["name"]
+    assert one(docs, "PriorityClass")["value"] < 1_000_000_000  # below the system-* classes
+    pre_stop = pod["containers"][0]["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert pre_stop >= 5
+    assert pod["terminationGracePeriodSeconds"] >= pre_stop + DRAIN_SECONDS

@@ -50,7 +50,7 @@ def check_response(document: Any, outcome: str, *, uid: str | None = None) -> di
         assert all(op["op"] in ("add", "replace") and op["path"].startswith("/spec/") for op in ops)
     if not response["allowed"]:
         status = response["status"]
-        assert status["code"] in (400, 403, 500) and status["message"].startswith("modelcar-prefetcher: ")
+        assert status["code"] in (400, 403) and status["message"].startswith("modelcar-prefetcher: ")
     for warning in response.get("warnings", []):
         assert isinstance(warning, str) and 0 < len(warning) <= 240 and warning.isprintable()
     return dict(response)
@@ -166,6 +166,13 @@ def test_a_valid_review_is_mutated_and_echoes_the_uid() -> None:
     check_response(response, outcome, uid="abc")
 
 
+def _with_env(env: list[Any]) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "p", "annotations": {KSERVE: PINNED}},
+        "spec": {"containers": [{"name": "kserve-container", "image": "runtime:1", "env": env}]},
+    }
+
+
 @pytest.mark.parametrize(
     ("body", "outcome", "code"),
     [
@@ -184,6 +191,9 @@ def test_a_valid_review_is_mutated_and_echoes_the_uid() -> None:
         ),
         (review_bytes(pod_review(pod={"metadata": {"annotations": {KSERVE: "oci://BAD"}}})), "denied", 403),
         (review_bytes(pod_review(pod={"metadata": {}})), "unchanged", None),
+        (review_bytes(pod_review(pod=_with_env([{"name": {"a": 1}}]))), "denied", 403),
+        (review_bytes(pod_review(pod=_with_env([{"name": ["a"]}, {"value": "x"}]))), "denied", 403),
+        (review_bytes(pod_review(pod=_with_env([{"value": "no name"}]))), "denied", 403),
     ],
 )
 def test_documented_choices_for_bad_input(body: bytes, outcome: str, code: int | None) -> None:

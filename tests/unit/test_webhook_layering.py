@@ -1,4 +1,4 @@
-"""The webhook's pure modules do no I/O, logging, clocks or randomness; only server and tls do."""
+"""The webhook's pure modules do no I/O, logging, clocks or randomness; only server, app and tls do."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 WEBHOOK = Path(__file__).resolve().parents[2] / "prefetcher" / "webhook"
-IO_MODULES = {"server.py", "tls.py", "metrics.py"}  # metrics: prometheus objects, no I/O of its own
+IO_MODULES = {"server.py", "app.py", "tls.py", "metrics.py"}  # metrics: prometheus objects, no I/O of its own
 FORBIDDEN = (
     "logging",
     "time",
@@ -23,7 +23,10 @@ FORBIDDEN = (
     "threading",
     "subprocess",
     "prometheus_client",
+    "hypercorn",
+    "asyncio",
     "prefetcher.webhook.server",
+    "prefetcher.webhook.app",
     "prefetcher.webhook.tls",
     "prefetcher.webhook.metrics",
     "prefetcher.adapters",
