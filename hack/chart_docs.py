@@ -76,6 +76,12 @@ def chart_schema() -> dict[str, Any]:
             port={"type": "integer", "minimum": 1, "maximum": 65535},
             failurePolicy={"enum": ["Fail", "Ignore"]},
             timeoutSeconds={"type": "integer", "minimum": 1, "maximum": 30},
+            namespace=NAME,
+            createNamespace=BOOL,
+            priorityClass=_obj({"create": BOOL, "value": {"type": "integer", "maximum": 1000000000}}),
+            preStopSleepSeconds={"type": "integer", "minimum": 0},
+            terminationGracePeriodSeconds={"type": "integer", "minimum": 0},
+            networkPolicy=_obj({"enabled": BOOL, "from": {"type": "array", "items": {"type": "object"}}}),
             serviceAccount=_service_account(),
             podDisruptionBudget=_obj({"enabled": BOOL, "minAvailable": {"type": ["integer", "string"]}}),
             certificates=_obj(
@@ -104,6 +110,7 @@ def chart_schema() -> dict[str, Any]:
         "imagePullSecrets": {"type": "array", "items": _obj({"name": STR}, required=["name"])},
         "serviceAccount": _service_account(),
         "rbac": _obj({"create": BOOL}),
+        "nodePolicy": _obj({"create": BOOL}),
         **_pod(),
         "hostPaths": _obj({"criSocketDir": STR, "imageFs": STR, "stateDir": STR}),
         "models": {
@@ -200,7 +207,7 @@ def prometheus_rule() -> str:
     rule = {
         "apiVersion": "monitoring.coreos.com/v1",
         "kind": "PrometheusRule",
-        "metadata": {"name": "modelcar-prefetcher"},
+        "metadata": {"name": "modelcar-prefetcher", "namespace": "modelcar-prefetcher"},
         "spec": groups,
     }
     return GENERATED + yaml.safe_dump(rule, sort_keys=False, width=200)

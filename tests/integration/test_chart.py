@@ -34,8 +34,10 @@ HELM_LABELS = (
 )
 # The webhook's certificate and key, which kustomize leaves to hack/webhook-certs.sh or cert-manager.
 HELM_ONLY = {("Secret", "modelcar-prefetcher-webhook-tls")}
-# Helm charts leave the namespace to `helm install --create-namespace`.
+# Helm charts leave the release's namespace to `helm install --create-namespace` (label it for
+# Pod Security "privileged" where that is enforced by default); the webhook's is the chart's.
 KUSTOMIZE_ONLY = {("Namespace", "modelcar-prefetcher")}
+CLUSTER_SCOPED = {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding", "PriorityClass"}
 MONITORING = {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True}}
 MONITORING |= {"grafanaDashboard": {"enabled": True}}
 # Files whose text differs in comments and layout only: compared as parsed YAML.
@@ -46,6 +48,8 @@ def normalized(obj: dict[str, Any]) -> dict[str, Any]:
     """``obj`` without what only tells which tool rendered it."""
     obj = yaml.safe_load(yaml.safe_dump(obj))
     meta = obj["metadata"]
+    if obj["kind"] in CLUSTER_SCOPED:  # kustomize sets its namespace on kinds it does not know
+        meta.pop("namespace", None)
     for label in HELM_LABELS:
         meta.get("labels", {}).pop(label, None)
     # kustomize hashes the webhook ConfigMap's name; the chart rolls the Deployment by a checksum.
@@ -151,7 +155,8 @@ def test_helm_generates_a_ca_and_a_serving_certificate_for_the_webhook_service(t
     served = x509.load_pem_x509_certificate(base64.b64decode(secret["tls.crt"]))
     served.verify_directly_issued_by(ca)
     names = served.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert "modelcar-prefetcher-webhook.modelcar-prefetcher.svc" in names.get_values_for_type(x509.DNSName)
+    service = "modelcar-prefetcher-webhook.modelcar-prefetcher-webhook.svc"
+    assert service in names.get_values_for_type(x509.DNSName)
 
 
 def test_cert_manager_issues_the_certificate_and_injects_the_ca_instead(tmp_path: Path) -> None:
@@ -161,7 +166,7 @@ def test_cert_manager_issues_the_certificate_and_injects_the_ca_instead(tmp_path
     assert certificate["spec"]["secretName"] == "modelcar-prefetcher-webhook-tls"
     webhook = one(docs, "MutatingWebhookConfiguration")
     assert webhook["metadata"]["annotations"] == {
-        "cert-manager.io/inject-ca-from": "modelcar-prefetcher/modelcar-prefetcher-webhook"
+        "cert-manager.io/inject-ca-from": "modelcar-prefetcher-webhook/modelcar-prefetcher-webhook"
     }
     assert all("caBundle" not in w["clientConfig"] for w in webhook["webhooks"])
     kustomize = by_name(render(REPO / "deploy" / "webhook" / "cert-manager"))

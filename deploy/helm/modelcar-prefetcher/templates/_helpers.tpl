@@ -18,6 +18,11 @@ name, else release-chart (Helm's convention). */}}
 {{- end }}
 {{- end }}
 
+{{/* The webhook's namespace: its own (Pod Security "restricted"), apart from the agent's. */}}
+{{- define "mp.webhookNamespace" -}}
+{{- default .Release.Namespace .Values.webhook.namespace }}
+{{- end }}
+
 {{- define "mp.webhookFullname" -}}
 {{- printf "%s-webhook" (include "mp.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
@@ -88,6 +93,6 @@ app.kubernetes.io/component: webhook
 {{/* The webhook Service's DNS names, which the serving certificate must carry. */}}
 {{- define "mp.webhookDNSNames" -}}
 {{- $svc := include "mp.webhookFullname" . }}
-{{- $ns := .Release.Namespace }}
+{{- $ns := include "mp.webhookNamespace" . }}
 {{- list $svc (printf "%s.%s" $svc $ns) (printf "%s.%s.svc" $svc $ns) (printf "%s.%s.svc.cluster.local" $svc $ns) | toJson }}
 {{- end }}
