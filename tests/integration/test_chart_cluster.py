@@ -131,6 +131,8 @@ def test_install_warm_wire_scrape_upgrade_uninstall(  # noqa: PLR0917 (fixtures)
     node.wait_for(lambda: inventory(node) == before, what="nothing left of the release after helm uninstall")
     assert all(not names for names in before.values()), before
     node.kubectl("delete", "namespace", WEBHOOK_NAMESPACE, "--wait=false")
+    # Agents of later tests follow every InferenceService of the session's cluster: leave none.
+    node.kubectl("delete", "namespace", namespace, "--wait=true", "--timeout=120s")
 
 
 def environment_values(
