@@ -324,6 +324,8 @@ def main() -> int:
     p99 = results["webhook"]["p99_ms"]
     print(f"webhook p99 {p99:.2f} ms (target <= 10 ms: {'met' if p99 <= 10 else 'MISSED'})")
     print(f"p99 ratio webhook/baseline {ratio:.2f} (target <= 2: {'met' if ratio <= 2 else 'MISSED'})")
+    cpu_ratio = results["webhook"]["cpu_ms_per_request"] / results["baseline"]["cpu_ms_per_request"]
+    print(f"CPU per request webhook/baseline {cpu_ratio:.2f}")
     for label in compare:
         p99_ratio = results["webhook"]["p99_ms"] / results[label]["p99_ms"]
         cpu_ratio = results["webhook"]["cpu_ms_per_request"] / results[label]["cpu_ms_per_request"]
