@@ -2,7 +2,7 @@
 PY ?= .venv/bin/python
 APT_PACKAGES := containerd runc docker-registry busybox-static buildah mmdebstrap
 
-.PHONY: deps venv k8s-assets kserve-assets proto lint test test-unit demo bench clean
+.PHONY: deps venv k8s-assets kserve-assets chart-tools proto lint test test-unit demo bench clean
 
 deps: venv ## system packages (root) and the Python environment
 	@command -v containerd >/dev/null && command -v docker-registry >/dev/null && command -v runc >/dev/null \
@@ -22,6 +22,9 @@ k8s-assets: ## kube-apiserver, etcd, kubectl … for the integration tests (cach
 kserve-assets: ## KServe's controller manager, CRDs, ConfigMap and webhooks at a pinned release (cached)
 	bash hack/kserve-assets.sh
 
+chart-tools: ## helm and promtool at pinned releases, for the chart and alert rule tests (cached)
+	bash hack/chart-tools.sh
+
 proto: venv ## regenerate the CRI stubs from proto/
 	bash hack/gen-proto.sh
 
@@ -29,7 +32,7 @@ lint: venv
 	.venv/bin/ruff check prefetcher tests bench
 	.venv/bin/mypy
 
-test: deps k8s-assets kserve-assets lint ## the whole suite: lint, types, unit, integration against real components
+test: deps k8s-assets kserve-assets chart-tools lint ## the whole suite: lint, types, unit, integration against real components
 	KUBEBUILDER_ASSETS=$$(bash hack/k8s-assets.sh --print-dir) .venv/bin/pytest -p no:cacheprovider tests
 
 test-unit: venv

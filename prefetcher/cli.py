@@ -171,6 +171,7 @@ def _source(
     # Imported here: the Kubernetes client costs ~18 MiB and 0.3 s that a models-file node never needs.
     from prefetcher.adapters.kube import IsvcModelSource  # noqa: PLC0415
     from prefetcher.adapters.kube_api import EventRecorder, KubeEventSink, api_client  # noqa: PLC0415
+    from prefetcher.adapters.node_condition import NodeCondition, models_warm  # noqa: PLC0415
     from prefetcher.adapters.node_status import NodeSummary  # noqa: PLC0415
     from prefetcher.adapters.node_taint import StartupTaint  # noqa: PLC0415
     from prefetcher.adapters.pull_secrets import ServiceAccountPullSecrets  # noqa: PLC0415
@@ -204,10 +205,17 @@ def _source(
     )
     events = KubeEventSink(recorder=recorder, resolve=source.object_for)
     publisher = NodeSummary(api, node_name=args.node_name)
+    condition = None
+    if k.models_warm_condition:
+        condition = NodeCondition(
+            api, node_name=args.node_name, condition_type=k.models_warm_condition, clock=SystemClock()
+        )
 
-    def after_pass(*, settled: bool, summary: dict[str, Any]) -> None:
+    def after_pass(*, settled: bool, passed: bool, summary: dict[str, Any]) -> None:
         taint.after_pass(settled=settled)
         publisher.publish(summary)
+        if condition is not None:
+            condition.publish(models_warm(settled=settled, passed=passed, summary=summary))
 
     secrets = None
     if cfg.credentials.service_account_pull_secrets:

@@ -29,19 +29,54 @@ def _opt(default: Any, doc: str, check: Check | None = None) -> Any:
     return field(**factory, metadata={"doc": doc, "check": check})
 
 
+# Checks are small values rather than closures so that ``prefetcher.config_schema`` can state the
+# same limits in the chart's values.schema.json.
+
+
+@dataclass(frozen=True)
+class Between:
+    """A number within ``low`` and ``high`` inclusive."""
+
+    low: float
+    high: float
+
+    def __call__(self, value: Any) -> str | None:
+        ok = self.low <= value <= self.high
+        return None if ok else f"must be between {self.low:g} and {self.high:g}"
+
+
+@dataclass(frozen=True)
+class OneOf:
+    """One of a fixed set of strings."""
+
+    choices: tuple[str, ...]
+
+    def __call__(self, value: Any) -> str | None:
+        return None if value in self.choices else f"must be one of {', '.join(self.choices)}"
+
+
+@dataclass(frozen=True)
+class HostPort:
+    """``host:port`` with a port 0-65535 (``:8080`` listens on every interface)."""
+
+    pattern: str = r"^.*:([0-9]{1,4}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])$"
+
+    def __call__(self, value: Any) -> str | None:
+        _host, sep, port = value.rpartition(":")
+        if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+            return 'must be host:port (port 0-65535; ":8080" listens on every interface)'
+        return None
+
+
 def _between(low: float, high: float) -> Check:
-    return lambda v: None if low <= v <= high else f"must be between {low:g} and {high:g}"
+    return Between(low, high)
 
 
-def _host_port(value: str) -> str | None:
-    _host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        return 'must be host:port (port 0-65535; ":8080" listens on every interface)'
-    return None
+_host_port = HostPort()
 
 
 def _one_of(*choices: str) -> Check:
-    return lambda v: None if v in choices else f"must be one of {', '.join(choices)}"
+    return OneOf(choices)
 
 
 @dataclass(frozen=True)
@@ -138,6 +173,11 @@ class KubernetesConfig:
         "Remove the start-up taint after this long even if models are not all warm.",
         _between(0, 86400),
     )
+    models_warm_condition: str = _opt(
+        "modelcar-prefetcher.io/ModelsWarm",
+        "Node condition type the agent keeps on its node: True once every desired model is warm or "
+        "skipped for a stated reason (for a NodeReadinessRule to gate a taint on); empty: off.",
+    )
 
 
 @dataclass(frozen=True)
@@ -230,7 +270,7 @@ def _values(obj: Any, prefix: str) -> list[tuple[str, Any]]:
     pairs = []
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
-        key = prefix + _camel(f.name)
+        key = prefix + yaml_key(f.name)
         pairs += _values(value, key + ".") if dataclasses.is_dataclass(value) else [(key, value)]
     return pairs
 
@@ -248,14 +288,20 @@ def _yaml(text: str, what: str) -> Any:
         raise ConfigError(f"{what} is not valid YAML: {' '.join(str(err).split())}") from err
 
 
+def reference_rows() -> list[tuple[str, str, str]]:
+    """Every key of the configuration with its default (as shown in docs) and its doc."""
+    return _walk(Config, "")
+
+
 def reference_table() -> str:
     """The configuration reference as a Markdown table (key, default, meaning)."""
     rows = ["| key | default | meaning |", "| --- | --- | --- |"]
-    rows += [f"| `{k}` | `{d}` | {doc} |" for k, d, doc in _walk(Config, "")]
+    rows += [f"| `{k}` | `{d}` | {doc} |" for k, d, doc in reference_rows()]
     return "\n".join(rows)
 
 
-def _camel(name: str) -> str:
+def yaml_key(name: str) -> str:
+    """The YAML key of a field: its name in camelCase."""
     head, *rest = name.split("_")
     return head + "".join(part.title() for part in rest)
 
@@ -264,7 +310,7 @@ def _walk(cls: Any, prefix: str) -> list[tuple[str, str, str]]:
     rows = []
     hints: dict[str, Any] = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        key = prefix + _camel(f.name)
+        key = prefix + yaml_key(f.name)
         if dataclasses.is_dataclass(hints[f.name]):
             rows += _walk(hints[f.name], key + ".")
             continue
@@ -283,7 +329,7 @@ def _build(cls: Any, data: Any, path: str) -> Any:
     if not isinstance(data, Mapping):
         raise ConfigError(f"{path.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
     hints: dict[str, Any] = typing.get_type_hints(cls)
-    fields = {_camel(f.name): f for f in dataclasses.fields(cls)}
+    fields = {yaml_key(f.name): f for f in dataclasses.fields(cls)}
     for key in data:
         if key not in fields:
             raise ConfigError(f"{path}{key}: unknown key")

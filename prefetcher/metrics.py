@@ -44,6 +44,14 @@ class Metrics:
         self.budget_bytes = Gauge(
             "prefetcher_budget_bytes", "Image filesystem bytes the agent may fill up to.", registry=registry
         )
+        self.fs_used_bytes = Gauge(
+            "prefetcher_image_fs_used_bytes",
+            "Used bytes of the image filesystem, as kubelet counts them (capacity minus available).",
+            registry=registry,
+        )
+        self.fs_capacity_bytes = Gauge(
+            "prefetcher_image_fs_capacity_bytes", "Size of the image filesystem in bytes.", registry=registry
+        )
         self.fs_usage_ratio = Gauge(
             "prefetcher_image_fs_usage_ratio", "Used over total of the image filesystem.", registry=registry
         )

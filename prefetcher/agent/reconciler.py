@@ -23,7 +23,16 @@ from prefetcher.agent.resolver import Resolution, Resolver
 from prefetcher.config import Config
 from prefetcher.core import planner
 from prefetcher.core.backoff import BackoffPolicy
-from prefetcher.core.model import Budget, DesiredModel, Eviction, ManagedImage, Plan, Skip, SkipReason
+from prefetcher.core.model import (
+    Budget,
+    DesiredModel,
+    DiskState,
+    Eviction,
+    ManagedImage,
+    Plan,
+    Skip,
+    SkipReason,
+)
 from prefetcher.core.state import AgentState, BackoffEntry
 from prefetcher.core.units import format_bytes
 from prefetcher.errors import PrefetchError
@@ -115,7 +124,7 @@ class Reconciler:
     def reconcile(self, failed_this_run: dict[str, str] | None = None) -> PassReport:
         """One pass: resolve, plan, evict, start pulls. Raises PrefetchError when the runtime is down."""
         cfg = self._config()
-        plan, resolution, cached_refs, usage_ratio = self._decide(cfg, failed_this_run)
+        plan, resolution, cached_refs, disk = self._decide(cfg, failed_this_run)
         try:
             for ref, error, sources in resolution.failures:
                 self._record_failure(ref, error, sources, failed_this_run)
@@ -126,13 +135,13 @@ class Reconciler:
                 self._pulls.start(pull, cfg)
         finally:
             self._flush()
-        self._publish(plan, usage_ratio)
+        self._publish(plan, disk)
         self.report = PassReport(plan, dict(failed_this_run or {}))
         return self.report
 
     def _decide(
         self, cfg: Config, failed_this_run: dict[str, str] | None
-    ) -> tuple[Plan, Resolution, frozenset[str], float]:
+    ) -> tuple[Plan, Resolution, frozenset[str], DiskState]:
         now = self._clock.now()
         cached = self._runtime.list_images()
         cached_refs = frozenset(r for image in cached for r in image.refs)
@@ -158,7 +167,7 @@ class Reconciler:
             backoff_until=backoff,
             in_flight=self._pulls.reserved(),
         )
-        return replace(plan, skips=resolution.skips + plan.skips), resolution, cached_refs, disk.usage_ratio
+        return replace(plan, skips=resolution.skips + plan.skips), resolution, cached_refs, disk
 
     def _pass_safely(self, failed: dict[str, str] | None) -> str | None:
         """Run a pass; on a PrefetchError log it once and return its message (the loop carries on)."""
@@ -183,7 +192,7 @@ class Reconciler:
         if self._after_pass is None:
             return
         try:
-            self._after_pass(settled=settled, summary=self.summary())
+            self._after_pass(settled=settled, passed=self.healthy, summary=self.summary())
         except PrefetchError as err:
             log.error("after-pass hook failed: %s", err)
 
@@ -300,10 +309,12 @@ class Reconciler:
             self._save(self._state)
             self._dirty = False
 
-    def _publish(self, plan: Plan, usage_ratio: float) -> None:
+    def _publish(self, plan: Plan, disk: DiskState) -> None:
         m = self._metrics
         m.budget_bytes.set(plan.limit_bytes)
-        m.fs_usage_ratio.set(usage_ratio)
+        m.fs_usage_ratio.set(disk.usage_ratio)
+        m.fs_used_bytes.set(disk.used_bytes)
+        m.fs_capacity_bytes.set(disk.total_bytes)
         m.managed_bytes.set(sum(x.cost_bytes for x in self._state.managed.values()))
         m.models.labels("warm").set(len(plan.warm))
         m.models.labels("pulling").set(len(self._pulls.active))

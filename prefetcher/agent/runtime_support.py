@@ -30,20 +30,32 @@ class LogEvents:
         log.log(level, "event %s for %s: %s", reason, ", ".join(sources) or "node", message)
 
 
+# Attributes every LogRecord has; anything else on a record came from ``extra=`` and is a field.
+_RECORD_ATTRIBUTES = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+
+
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message (and exception text)."""
+    """One JSON object per line, with the field names Kubernetes components log under.
+
+    ``ts`` (seconds since the epoch, as klog's and controller-runtime's JSON output), ``level``,
+    ``logger``, ``msg``, then any structured fields passed with ``extra=``, and ``err`` for an
+    exception's text.
+    """
 
     def format(self, record: logging.LogRecord) -> str:
         """Render ``record`` as JSON."""
-        doc = {
-            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"),
+        doc: dict[str, object] = {
+            "ts": round(record.created, 6),
             "level": record.levelname.lower(),
             "logger": record.name,
-            "message": record.getMessage(),
+            "msg": record.getMessage(),
         }
+        for key, value in vars(record).items():
+            if key not in _RECORD_ATTRIBUTES and key not in doc:
+                doc[key] = value
         if record.exc_info:
-            doc["exception"] = self.formatException(record.exc_info)
-        return json.dumps(doc)
+            doc["err"] = self.formatException(record.exc_info)
+        return json.dumps(doc, default=str)
 
 
 def configure_logging(*, level: str, json_format: bool) -> None:

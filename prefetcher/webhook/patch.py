@@ -5,6 +5,12 @@ storage initializer's business and are left alone), or this project's annotation
 workloads: ``modelcar-prefetcher.io/model-uri`` (``oci://`` only), optionally
 ``modelcar-prefetcher.io/container`` (comma-separated names) and ``…/mount-path``.
 
+KServe with its OCI modes off gives an ``oci://`` pod its storage initializer instead, which reads
+no OCI images, with its volume on the model path: that init container and those mounts are replaced
+by the modelcar (sidecar modes), with a warning. KServe's webhook is reinvoked after ours
+(``reinvocationPolicy: IfNeeded``) and would add its storage initializer again for as long as its
+source-URI annotation is there, so the annotation moves to ``modelcar-prefetcher.io/kserve-source-uri``.
+
 Idempotence: a pod that already has the modelcar container (or, in image-volume mode, the image
 volume) gets no operations, so ``reinvocationPolicy: IfNeeded`` and KServe's own injector, in
 either order, never wire a pod twice.
@@ -32,7 +38,12 @@ ANNOTATION_PREFIX = "modelcar-prefetcher.io/"
 MODEL_URI_ANNOTATION = ANNOTATION_PREFIX + "model-uri"
 CONTAINER_ANNOTATION = ANNOTATION_PREFIX + "container"
 MOUNT_PATH_ANNOTATION = ANNOTATION_PREFIX + "mount-path"
+# Where KServe's source-URI annotation goes when its storage initializer is replaced (see below).
+REPLACED_ANNOTATION = ANNOTATION_PREFIX + "kserve-source-uri"
 OCI_SCHEME = "oci://"
+# KServe's init container for non-OCI storage; for one URI its args are [uri, model dir]
+# (pkg/webhook/admission/pod/storage_initializer_injector.go).
+STORAGE_INITIALIZER = "storage-initializer"
 Op = dict[str, Any]
 
 
@@ -74,6 +85,12 @@ def _build(pod: Mapping[str, Any], config: WebhookConfig) -> Mutation:
     if _already_wired(view, config):
         return Mutation()
     image, pull_policy, warnings = _image(trigger, config)
+    replaced, view = _replace_storage_initializer(view, trigger, config)
+    if replaced:
+        warnings.append(
+            f"replaced KServe's {STORAGE_INITIALIZER} for {trigger.uri} with the modelcar"
+            " (KServe's OCI model mode is off)"
+        )
     targets = _targets(trigger, view, config)
     if not targets:
         wanted = " or ".join(config.serving_containers) or "(none configured)"
@@ -87,7 +104,7 @@ def _build(pod: Mapping[str, Any], config: WebhookConfig) -> Mutation:
     ops, uid_warnings = _sidecar_ops(
         view, targets, trigger=trigger, image=image, pull_policy=pull_policy, config=config
     )
-    return Mutation(patch=tuple(ops), warnings=tuple(warnings + uid_warnings))
+    return Mutation(patch=tuple(replaced + ops), warnings=tuple(warnings + uid_warnings))
 
 
 def _trigger(annotations: Mapping[str, Any], config: WebhookConfig) -> _Trigger | None:
@@ -119,6 +136,50 @@ def _already_wired(view: PodView, config: WebhookConfig) -> bool:
         return True
     volume = view.volume(config.volume_name)
     return config.modelcar_mode == "image-volume" and volume is not None and "image" in volume
+
+
+def _replace_storage_initializer(
+    view: PodView, trigger: _Trigger, config: WebhookConfig
+) -> tuple[list[Op], PodView]:
+    """Operations removing KServe's storage initializer for this OCI model and its volume's mounts
+    on the model path, and the pod as they leave it; none where KServe did not add one."""
+    if trigger.explicit or config.modelcar_mode == "image-volume":
+        return [], view
+    index = next((i for i, c in enumerate(view.init_containers) if _initializes(c, trigger.uri)), None)
+    if index is None:
+        return [], view
+    ops: list[Op] = [
+        {"op": "remove", "path": f"/metadata/annotations/{_pointer(trigger.annotation)}"},
+        {"op": "add", "path": f"/metadata/annotations/{_pointer(REPLACED_ANNOTATION)}", "value": trigger.uri},
+        {"op": "remove", "path": f"/spec/initContainers/{index}"},
+    ]
+    containers = []
+    for number, container in enumerate(view.containers):
+        mounts = view.mounts(number)
+        on_model = [
+            j
+            for j, mount in enumerate(mounts)
+            if mount.get("name") == config.volume_name
+            and canonical_path(mount.get("mountPath")) == trigger.model_path
+        ]
+        base = f"/spec/containers/{number}/volumeMounts"
+        ops += [{"op": "remove", "path": f"{base}/{j}"} for j in reversed(on_model)]
+        kept = [mount for j, mount in enumerate(mounts) if j not in on_model]
+        containers.append({**container, "volumeMounts": kept} if on_model else container)
+    inits = [c for i, c in enumerate(view.init_containers) if i != index]
+    return ops, PodView.read({"spec": {**view.spec, "containers": containers, "initContainers": inits}})
+
+
+def _pointer(key: str) -> str:
+    """``key`` as one JSON Pointer token (RFC 6901: ``~`` is ``~0``, ``/`` is ``~1``)."""
+    return key.replace("~", "~0").replace("/", "~1")
+
+
+def _initializes(container: Mapping[str, Any], uri: str) -> bool:
+    """True for KServe's storage initializer fetching ``uri``."""
+    args = container.get("args")
+    first = args[0] if isinstance(args, list) and args else None
+    return container["name"] == STORAGE_INITIALIZER and first == uri
 
 
 def _image(trigger: _Trigger, config: WebhookConfig) -> tuple[str, str | None, list[str]]:

@@ -12,7 +12,10 @@ import json
 from pathlib import Path
 
 import pytest
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
+from prefetcher.adapters.kube_api import api_client
 from tests.integration.test_agent_rbac import DEPLOY, apply_agent_rbac, can
 from tests.integration.test_kube_source import create_node, unique
 from tests.support.apiserver import ApiServer, ControlPlaneError
@@ -82,6 +85,20 @@ def patch(apiserver: ApiServer, kubeconfig: Path, node: str, body: object, kind:
     return ""
 
 
+def status_patch(kubeconfig: Path, node: str, body: object) -> str:
+    """'' when the patch of the node's status was admitted, else the error: the agent's own call
+    (a strategic merge patch, no read first; kubectl would read ``nodes/status``, which the agent
+    is not granted)."""
+    api = api_client(kubeconfig=str(kubeconfig))
+    try:
+        client.CoreV1Api(api).patch_node_status(node, body, _request_timeout=10)
+    except ApiException as error:
+        return str(json.loads(error.body)["message"])
+    finally:
+        api.close()
+    return ""
+
+
 def can_patch_any_node(apiserver: ApiServer) -> bool:
     return can(apiserver, "patch", "nodes")
 
@@ -118,6 +135,9 @@ def test_a_pod_bound_token_modifies_only_its_own_node_and_only_what_the_agent_ow
         {"op": "replace", "path": "/spec/taints", "value": keep},
     ]
     assert patch(apiserver, agent, own, remove, kind="json") == ""
+    # The models-warm condition, through the status subresource.
+    warm = {"type": "modelcar-prefetcher.io/ModelsWarm", "status": "True", "reason": "ModelsWarm"}
+    assert status_patch(agent, own, {"status": {"conditions": [warm]}}) == ""
 
     # Another node, even what would be allowed on its own.
     denied = patch(apiserver, agent, other, {"metadata": {"annotations": {SUMMARY: "{}"}}})
@@ -135,6 +155,13 @@ def test_a_pod_bound_token_modifies_only_its_own_node_and_only_what_the_agent_ow
     ]
     for body, message in forbidden:
         assert message in patch(apiserver, agent, own, body), body
+    not_ready = {"type": "Ready", "status": "False", "reason": "Forged"}
+    for body in (
+        {"status": {"conditions": [not_ready]}},
+        {"status": {"capacity": {"nvidia.com/gpu": "8"}}},
+    ):
+        assert "only status conditions under" in status_patch(agent, own, body), body
+    assert "may not modify node" in status_patch(agent, other, {"status": {"conditions": [warm]}})
     after = json.loads(apiserver.kubectl("get", "node", own, "-o", "json"))
     assert [t["key"] for t in after["spec"]["taints"]] == ["example.com/gpu"]
     assert "node-role.kubernetes.io/control-plane" not in after["metadata"]["labels"]

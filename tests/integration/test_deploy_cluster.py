@@ -297,3 +297,7 @@ def test_a_node_joining_with_the_startup_taint_is_warmed_before_its_serving_pod_
     summary = json.loads(node.node()["metadata"]["annotations"][SUMMARY])
     assert (summary["warm"], summary["pulling"], summary["lastError"]) == (1, 0, ""), summary
     assert summary["managedBytes"] >= model.size_bytes, summary
+    # The same moment as a Node condition, admitted by deploy/agent/node-policy.yaml.
+    warm = condition(node.node(), "modelcar-prefetcher.io/ModelsWarm")
+    assert (warm.get("status"), warm.get("reason")) == ("True", "ModelsWarm"), warm
+    assert "after-pass hook failed" not in log, log

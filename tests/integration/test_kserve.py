@@ -372,6 +372,194 @@ def test_kserve_wires_the_pod_and_the_agent_had_the_model_before_it_was_bound(
             )
 
 
+# --- KServe's other OCI modes ----------------------------------------------------------------
+
+FAILING_WAITS = frozenset(
+    {
+        "CrashLoopBackOff",
+        "ErrImagePull",
+        "ImagePullBackOff",
+        "CreateContainerError",
+        "CreateContainerConfigError",
+        "InvalidImageName",
+    }
+)
+SETTLE_SECONDS = 150.0
+# KServe v0.20 resolves the OCI mode from ``ociModelMode`` first, then from the older switches
+# (pkg/types/config.go, ResolveOciModelMode): all three must be off for no OCI mode at all.
+MODELCAR_OFF = {"enableModelcar": False, "enableOciModelSupport": False, "ociModelMode": ""}
+# busybox httpd when the model directory does not exist.
+NO_MODEL_DIR = "can't change directory to '/mnt/models'"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What became of one component: who wired its pod, whether the agent warmed it, whether it serves.
+
+    ``wired_by``: ``kserve`` (its modelcar), ``ours``, ``storage-initializer``, ``image-volume``,
+    ``none``, or ``refused`` (no pod: an admission webhook denied it; ``detail`` has the message).
+    """
+
+    wired_by: str
+    warmed: bool
+    serves: bool
+    detail: str
+
+
+def wiring_of(pod: dict[str, Any]) -> str:
+    """Who wired ``pod``, judged by what its spec holds (see ``Outcome``)."""
+    main, init = containers(pod, "containers"), containers(pod, "initContainers")
+    if "modelcar" in main and main["modelcar"].get("args") == KSERVE_MODELCAR_ARGS:
+        return "kserve"
+    if "modelcar" in main or "modelcar" in init:
+        return "ours"
+    if "storage-initializer" in init:
+        return "storage-initializer"
+    if any("image" in volume for volume in pod["spec"].get("volumes", [])):
+        return "image-volume"
+    return "none"
+
+
+def settle(node: NodeCluster, namespace: str, name: str, component: str) -> tuple[str, bool, str]:
+    """(wiring, serves, detail) once the component's pod is Ready or plainly cannot become so."""
+
+    def settled() -> tuple[str, bool, str] | None:
+        pods = component_pods(node, namespace, name, component)
+        if not pods:
+            refused = events(node, namespace, "reason=FailedCreate")
+            mine = [
+                e["message"] for e in refused if e["involvedObject"]["name"].startswith(f"{name}-{component}")
+            ]
+            return ("refused", False, mine[-1]) if mine else None
+        pod = pods[0]
+        if condition(pod, "Ready").get("status") == "True":
+            return wiring_of(pod), True, "Ready"
+        statuses = pod["status"].get("initContainerStatuses", []) + pod["status"].get("containerStatuses", [])
+        for status in statuses:
+            waiting = status.get("state", {}).get("waiting", {})
+            if waiting.get("reason") in FAILING_WAITS:
+                said = node.pod_logs(namespace, pod["metadata"]["name"], status["name"]).strip()
+                return wiring_of(pod), False, f"{status['name']}: {waiting['reason']}: {said}"
+        return None
+
+    return wait_for(settled, timeout_seconds=SETTLE_SECONDS, what=f"{namespace}/{name}-{component} settled")
+
+
+def observe_modes(
+    *,
+    cluster: Cluster,
+    node: NodeCluster,
+    registry: RunningRegistry,
+    server_image: PushedImage,
+    tmp_path: Path,
+    scheme: str,
+) -> dict[str, Outcome]:
+    """Each shape with ``scheme`` in place of ``oci://``; each component's outcome, keyed by case id.
+
+    One shape at a time, each in a namespace of its own with our webhook registered: the servers
+    share the host network, so two runtimes on one port would keep each other's pods Pending.
+    """
+    outcomes: dict[str, Outcome] = {}
+    for case_id, case in CASES.items():
+        with namespace_with_webhook(cluster, tmp_path / case_id) as (namespace, _):
+            ports = [free_port(), free_port()]
+            node.kubectl(
+                "apply", "-f", "-", input=json.dumps(serving_runtime(namespace, server_image.ref, ports[0]))
+            )
+            models = [push_model(registry, f"mode-{uuid.uuid4().hex[:6]}-{i}") for i in range(2)]
+            spec = case.shape([m.uri.replace("oci://", scheme, 1) for m in models], server_image.ref, ports)
+            isvc = inference_service(namespace, "m", spec, node, gated=False)
+            node.kubectl("apply", "-f", "-", input=json.dumps(isvc))
+            for component, model in zip(case.components, models, strict=False):
+                kserve_deployment(node, namespace, "m", component)
+                wiring, serves, detail = settle(node, namespace, "m", component)
+                warmed = bool(prefetched(node, namespace, "m", model.image.ref))
+                key = case_id if component == "predictor" else f"{case_id}/{component}"
+                outcomes[key] = Outcome(wiring, warmed, serves, detail)
+            node.kubectl("delete", "inferenceservice", "-n", namespace, "m", "--wait=true", "--timeout=90s")
+    return outcomes
+
+
+def assert_outcomes(outcomes: dict[str, Outcome], expected: dict[str, tuple[str, bool, bool, str]]) -> None:
+    """Each component as ``expected``: (wired_by, warmed, serves, a phrase of the detail)."""
+    seen = {key: (o.wired_by, o.warmed, o.serves) for key, o in outcomes.items()}
+    assert seen == {key: e[:3] for key, e in expected.items()}, outcomes
+    for key, (*_, phrase) in expected.items():
+        assert phrase in outcomes[key].detail, (key, outcomes[key].detail)
+
+
+def test_with_kserve_modelcar_off_our_webhook_replaces_kserves_storage_initializer_and_the_pod_serves(
+    *,
+    cluster: Cluster,
+    kserve: KServe,
+    warm_node: NodeCluster,
+    registry: RunningRegistry,
+    server_image: PushedImage,
+    tmp_path: Path,
+) -> None:
+    """With no OCI mode, KServe gives an ``oci://`` pod its storage-initializer (which reads no OCI
+    images) on ``/mnt/models``; our webhook replaces it with the modelcar, and the warm model serves.
+    ``storageUris[]`` is wired by nobody: KServe skips its OCI sources and sets no annotation."""
+    shipped = kserve.storage_initializer()
+    kserve.set_storage_initializer(MODELCAR_OFF)
+    try:
+        outcomes = observe_modes(
+            cluster=cluster,
+            node=warm_node,
+            registry=registry,
+            server_image=server_image,
+            tmp_path=tmp_path,
+            scheme="oci://",
+        )
+    finally:
+        kserve.set_storage_initializer(shipped)
+    ours = ("ours", True, True, "Ready")
+    assert_outcomes(
+        outcomes,
+        {
+            "model-storageUri": ours,
+            "legacy-framework": ours,
+            "container-STORAGE_URI": ours,
+            "storageUris": ("none", True, False, NO_MODEL_DIR),
+            "transformer": ours,
+            "transformer/transformer": ours,
+        },
+    )
+
+
+def test_oci_native_on_an_api_server_without_image_volumes_is_warmed_but_wired_by_nobody(
+    *,
+    cluster: Cluster,
+    kserve: KServe,
+    warm_node: NodeCluster,
+    registry: RunningRegistry,
+    server_image: PushedImage,
+    tmp_path: Path,
+) -> None:
+    """KServe wires ``oci+native://`` as an image volume; an API server without the ImageVolume
+    feature (alpha, off by default, in 1.32) drops image volumes and their mounts from the pod
+    (pkg/api/pod/util.go, dropImageVolumes), so the server finds no model. Our webhook leaves
+    ``oci+native://`` pods to KServe; the agent warms them all the same."""
+    outcomes = observe_modes(
+        cluster=cluster,
+        node=warm_node,
+        registry=registry,
+        server_image=server_image,
+        tmp_path=tmp_path,
+        scheme="oci+native://",
+    )
+    unwired = ("none", True, False, NO_MODEL_DIR)
+    components = ["model-storageUri", "legacy-framework", "container-STORAGE_URI", "storageUris"]
+    components += ["transformer", "transformer/transformer"]
+    assert_outcomes(outcomes, dict.fromkeys(components, unwired))
+
+
+# --- last: a node of its own -----------------------------------------------------------------
+# Every node's agent is the same DaemonSet (one install per node here, since the nodes' host paths
+# differ), so installing on this test's node moves the agent away from ``warm_node`` and removing it
+# deletes the install: this test runs after every test that uses ``warm_node``.
+
+
 def test_a_node_joining_with_the_startup_taint_gets_kserve_pods_only_once_warm_and_evicts_after_delete(
     *,
     cluster: Cluster,

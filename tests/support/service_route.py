@@ -53,12 +53,33 @@ class ServiceRoute:
     @property
     def rule(self) -> list[str]:
         """The rule's specification, as ``iptables -t nat -A``/``-D`` take it."""
-        return [
-            "OUTPUT",
-            *("-d", f"{SERVICE_IP}/32", "-p", "tcp", "--dport", str(SERVICE_PORT)),
-            *("-m", "comment", "--comment", COMMENT),
-            *("-j", "DNAT", "--to-destination", f"127.0.0.1:{self.apiserver_port}"),
-        ]
+        return _dnat(SERVICE_IP, SERVICE_PORT, self.apiserver_port)
+
+    @contextmanager
+    def forward(self, service_ip: str, service_port: int, local_port: int) -> Iterator[None]:
+        """Route another Service's ClusterIP to ``127.0.0.1:local_port`` inside the block.
+
+        For a Service whose pods use the host's network, e.g. a webhook the API server calls
+        through its Service. The rule carries ``COMMENT`` and lives under the same host lock.
+        """
+        rule = _dnat(service_ip, service_port, local_port)
+        added = _iptables("-A", *rule)
+        if added.returncode != 0:
+            pytest.fail(f"iptables -t nat -A {' '.join(rule)}: {added.stderr.strip()}")
+        try:
+            yield
+        finally:
+            removed = _iptables("-D", *rule)
+            assert removed.returncode == 0, f"removing the route to {service_ip}: {removed.stderr.strip()}"
+
+
+def _dnat(ip: str, port: int, local_port: int) -> list[str]:
+    return [
+        "OUTPUT",
+        *("-d", f"{ip}/32", "-p", "tcp", "--dport", str(port)),
+        *("-m", "comment", "--comment", COMMENT),
+        *("-j", "DNAT", "--to-destination", f"127.0.0.1:{local_port}"),
+    ]
 
 
 def _iptables(*args: str) -> subprocess.CompletedProcess[str]:

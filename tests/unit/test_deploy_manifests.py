@@ -208,9 +208,13 @@ def test_monitoring_scrapes_the_metrics_port() -> None:
     service = one(docs, "Service")
     assert service["spec"]["ports"][0]["name"] == "metrics"
     assert service["spec"]["ports"][0]["port"] == 8080
-    monitor = one(docs, "ServiceMonitor")
+    monitor = one(docs, "ServiceMonitor", "modelcar-prefetcher")
     assert monitor["spec"]["selector"]["matchLabels"] == service["spec"]["selector"]
     assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    # The alerts name the agent's job; the ServiceMonitor takes it from the Service's label.
+    assert service["metadata"]["labels"][monitor["spec"]["jobLabel"]] == "modelcar-prefetcher-agent"
+    webhook = one(docs, "ServiceMonitor", "modelcar-prefetcher-webhook")
+    assert webhook["spec"]["endpoints"][0]["scheme"] == "https"
 
 
 def test_top_level_kustomization_renders_the_agent() -> None:

@@ -227,14 +227,16 @@ def test_runtime_down_fails_the_pass_loudly_and_the_next_pass_recovers() -> None
 def test_the_after_pass_hook_sees_failed_passes_as_unsettled_with_their_error() -> None:
     world = World({"a": 10 * MIB})
     world.want("a")
-    seen: list[tuple[bool, object]] = []
-    agent = world.agent(after_pass=lambda *, settled, summary: seen.append((settled, summary["lastError"])))
+    seen: list[tuple[bool, bool, object]] = []
+    agent = world.agent(
+        after_pass=lambda *, settled, passed, summary: seen.append((settled, passed, summary["lastError"]))
+    )
     world.runtime.down = True
     agent._pass_safely(None)
-    assert agent.last_error and seen == [(False, agent.last_error)]
+    assert agent.last_error and seen == [(False, False, agent.last_error)]
     world.runtime.down = False
     agent._pass_safely(None)
-    assert seen[-1][0] is False, "a pass that started a pull is not settled"
+    assert seen[-1][:2] == (False, True), "a pass that started a pull is not settled, but it passed"
 
 
 def test_a_workloads_pull_secret_is_used_to_resolve_and_pull_its_model() -> None:

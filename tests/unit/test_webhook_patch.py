@@ -15,6 +15,7 @@ from prefetcher.webhook.patch import (
     CONTAINER_ANNOTATION,
     MODEL_URI_ANNOTATION,
     MOUNT_PATH_ANNOTATION,
+    REPLACED_ANNOTATION,
     Mutation,
     build_patch,
 )
@@ -181,6 +182,59 @@ def test_a_pod_kserve_already_wired_is_left_alone() -> None:
     pod = make_pod("kserve-container")
     pod["spec"]["containers"].append({"name": "modelcar", "image": IMAGE})
     assert build_patch(pod=pod, config=DEFAULT) == Mutation()
+
+
+def kserve_storage_initializer_pod(uri: str = PINNED) -> dict[str, Any]:
+    """A pod as KServe v0.20 wires ``uri`` with its OCI modes off: its storage initializer."""
+    provision = {"name": "kserve-provision-location", "mountPath": "/mnt/models"}
+    initializer = {
+        "name": "storage-initializer",
+        "image": "kserve/storage-initializer:latest",
+        "args": [uri, "/mnt/models"],
+        "volumeMounts": [provision],
+    }
+    pod = make_pod(
+        "kserve-container",
+        annotations={KSERVE: uri},
+        initContainers=[initializer],
+        volumes=[{"name": "kserve-provision-location", "emptyDir": {}}],
+    )
+    shm = {"name": "shm", "mountPath": "/dev/shm"}
+    pod["spec"]["containers"][0]["volumeMounts"] = [shm, provision | {"readOnly": True}]
+    return pod
+
+
+@pytest.mark.parametrize("config", [DEFAULT, SIDECAR])
+def test_kserves_storage_initializer_for_an_oci_model_is_replaced_by_the_modelcar(
+    config: WebhookConfig,
+) -> None:
+    mutation, pod = wire(kserve_storage_initializer_pod(), config)
+    spec = pod["spec"]
+    assert [c["name"] for c in spec["initContainers"]][:1] == ["modelcar-init"]
+    assert "storage-initializer" not in {c["name"] for c in spec["initContainers"] + spec["containers"]}
+    assert spec["volumes"] == [{"name": "kserve-provision-location", "emptyDir": {}}]
+    server = spec["containers"][0]
+    assert server["volumeMounts"] == [
+        {"name": "shm", "mountPath": "/dev/shm"},
+        {"name": "kserve-provision-location", "mountPath": "/mnt"},
+    ]
+    assert any("replaced KServe's storage-initializer" in w for w in mutation.warnings)
+    # KServe's webhook, reinvoked, adds its storage initializer wherever its annotation is.
+    assert pod["metadata"]["annotations"] == {REPLACED_ANNOTATION: PINNED}
+    assert build_patch(pod=pod, config=config) == Mutation()
+
+
+def test_a_storage_initializer_for_another_uri_or_in_image_volume_mode_is_kept_and_denied() -> None:
+    other = kserve_storage_initializer_pod()
+    other["spec"]["initContainers"][0]["args"][0] = "s3://bucket/model"
+    assert "already mounts volume 'kserve-provision-location'" in denial(other)
+    assert "kserve-provision-location" in denial(kserve_storage_initializer_pod(), IMAGE_VOLUME)
+
+
+def test_own_annotation_never_replaces_kserves_storage_initializer() -> None:
+    pod = kserve_storage_initializer_pod()
+    pod["metadata"]["annotations"] = {MODEL_URI_ANNOTATION: PINNED, CONTAINER_ANNOTATION: "kserve-container"}
+    assert "already mounts volume 'kserve-provision-location'" in denial(pod)
 
 
 # -- the project's own annotations ----------------------------------------------------------------
