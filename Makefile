@@ -48,4 +48,5 @@ bench: deps ## each prints its figures and the ratio to a baseline measured in t
 	$(PY) bench/warm_cold.py
 	$(PY) bench/scale_from_zero.py
 	$(PY) bench/webhook_latency.py
+	$(PY) bench/webhook_cpu.py
 	$(PY) bench/isvc_scale.py

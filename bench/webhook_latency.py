@@ -8,9 +8,14 @@ runs in its own process, the client in this one; both servers are loaded in alte
 slices so that both see the same background noise. The baseline is the same stdlib HTTP/1.1 +
 TLS stack answering a fixed AdmissionReview with no parsing, measured in the same run, so the
 ratio isolates the webhook's own cost (JSON, patch building, metrics) from the machine and from
-Python's HTTP stack.
+Python's HTTP stack. Each server's CPU time (user + system, from ``/proc/PID/stat``) over the
+measured slices, divided by the requests, is printed too: it depends far less on the machine's
+load than the latencies do.
 
-    .venv/bin/python bench/webhook_latency.py [--rate 200] [--seconds 30]
+``--compare LABEL=DIR`` also serves the webhook of another checkout (``git worktree add DIR
+COMMIT``) in the same alternating slices, e.g. the server before a change next to the one after.
+
+    .venv/bin/python bench/webhook_latency.py [--rate 200] [--seconds 30] [--compare old=DIR]
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import contextlib
 import http.client
 import json
 import logging
+import os
 import queue
 import socket
 import ssl
@@ -29,6 +35,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -193,38 +200,65 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[max(0, min(len(ordered) - 1, int(fraction * len(ordered) + 0.999999) - 1))]
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` (all its threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+
+
+@dataclass(frozen=True)
+class Child:
+    """A running server process."""
+
+    port: int
+    pid: int
+
+
 @contextlib.contextmanager
-def running(kind: str, cert: Path, key: Path) -> Iterator[int]:
-    """A server child process; yields its port."""
+def running(kind: str, cert: Path, key: Path, *, script: Path = Path(__file__)) -> Iterator[Child]:
+    """A server child process, of ``script``'s checkout."""
     child = subprocess.Popen(
-        [sys.executable, __file__, "--serve", kind, "--cert", str(cert), "--key", str(key)],
+        [sys.executable, str(script), "--serve", kind, "--cert", str(cert), "--key", str(key)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
+        cwd=script.parents[1],
     )
     assert child.stdin is not None and child.stdout is not None
     try:
-        yield int(child.stdout.readline())
+        yield Child(port=int(child.stdout.readline()), pid=child.pid)
     finally:
         child.stdin.close()
         child.wait(timeout=30)
         child.stdout.close()
 
 
-def measure(files: tuple[Path, Path, Path], *, rate: float, seconds: float) -> dict[str, dict[str, float]]:
-    """Both servers up at once, loaded in alternating slices so that both see the same noise."""
+def measure(
+    files: tuple[Path, Path, Path], *, rate: float, seconds: float, compare: dict[str, Path]
+) -> dict[str, dict[str, float]]:
+    """All servers up at once, loaded in turn slice by slice so that all see the same noise."""
     ca, cert, key = files
     slices = max(1, round(seconds / SLICE_SECONDS))
-    samples: dict[str, list[float]] = {"baseline": [], "webhook": []}
-    errors = dict.fromkeys(samples, 0)
-    with running("baseline", cert, key) as baseline, running("webhook", cert, key) as webhook:
-        ports = {"baseline": baseline, "webhook": webhook}
-        for port in ports.values():
-            run_load(port, ca, rate=rate, seconds=WARMUP_SECONDS)
+    with contextlib.ExitStack() as stack:
+        children = {
+            "baseline": stack.enter_context(running("baseline", cert, key)),
+            "webhook": stack.enter_context(running("webhook", cert, key)),
+        }
+        for label, checkout in compare.items():
+            script = checkout / "bench" / Path(__file__).name
+            children[label] = stack.enter_context(running("webhook", cert, key, script=script))
+        samples: dict[str, list[float]] = {kind: [] for kind in children}
+        errors = dict.fromkeys(children, 0)
+        cpu = dict.fromkeys(children, 0.0)
+        for child in children.values():
+            run_load(child.port, ca, rate=rate, seconds=WARMUP_SECONDS)
+        kinds = list(children)
         for index in range(slices):
-            order = list(ports) if index % 2 == 0 else list(reversed(ports))
-            for kind in order:
-                latencies, failed = run_load(ports[kind], ca, rate=rate, seconds=seconds / slices)
+            order = kinds[index % len(kinds) :] + kinds[: index % len(kinds)]
+            for kind in order if index % 2 == 0 else reversed(order):
+                before = cpu_seconds(children[kind].pid)
+                latencies, failed = run_load(children[kind].port, ca, rate=rate, seconds=seconds / slices)
+                cpu[kind] += cpu_seconds(children[kind].pid) - before
                 samples[kind] += latencies
                 errors[kind] += failed
     return {
@@ -234,6 +268,7 @@ def measure(files: tuple[Path, Path, Path], *, rate: float, seconds: float) -> d
             "p50_ms": percentile(values, 0.50) * 1000,
             "p99_ms": percentile(values, 0.99) * 1000,
             "max_ms": max(values) * 1000,
+            "cpu_ms_per_request": cpu[kind] / len(values) * 1000,
         }
         for kind, values in samples.items()
     }
@@ -244,6 +279,13 @@ def main() -> int:
     parser.add_argument("--rate", type=float, default=200.0, help="requests per second (open loop)")
     parser.add_argument("--seconds", type=float, default=30.0, help="measured duration per server")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument(
+        "--compare",
+        action="append",
+        default=[],
+        metavar="LABEL=DIR",
+        help="also serve the webhook of the checkout in DIR (repeatable)",
+    )
     parser.add_argument("--serve", choices=("webhook", "baseline"), help=argparse.SUPPRESS)
     parser.add_argument("--cert", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--key", type=Path, help=argparse.SUPPRESS)
@@ -254,9 +296,15 @@ def main() -> int:
         return 0
     if not (0 < args.rate <= MAX_RATE and 0 < args.seconds <= MAX_SECONDS):
         parser.error(f"--rate must be in (0, {MAX_RATE}] and --seconds in (0, {MAX_SECONDS}]")
+    compare = {}
+    for item in args.compare:
+        label, sep, directory = item.partition("=")
+        if not sep or label in ("baseline", "webhook") or not (Path(directory) / "bench").is_dir():
+            parser.error(f"--compare {item!r}: want LABEL=DIR, DIR a checkout of this repository")
+        compare[label] = Path(directory).resolve()
     with tempfile.TemporaryDirectory() as directory:
         files = make_certificate(Path(directory))
-        results = measure(files, rate=args.rate, seconds=args.seconds)
+        results = measure(files, rate=args.rate, seconds=args.seconds, compare=compare)
     ratio = results["webhook"]["p99_ms"] / results["baseline"]["p99_ms"]
     if args.json:
         print(
@@ -265,15 +313,23 @@ def main() -> int:
         return 0
     print(f"open loop {args.rate:g} req/s for {args.seconds:g} s per server over TLS keep-alive,", end=" ")
     print(f"{CLIENTS} client connections; latency from each request's scheduled send time")
-    print(f"{'server':<10}{'requests':>10}{'errors':>8}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}")
+    print(f"{'server':<10}{'requests':>10}{'errors':>8}", end="")
+    print(f"{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}{'CPU ms/req':>12}")
     for kind, row in results.items():
         print(
             f"{kind:<10}{row['requests']:>10.0f}{row['errors']:>8.0f}"
             f"{row['p50_ms']:>9.2f}{row['p99_ms']:>9.2f}{row['max_ms']:>9.2f}"
+            f"{row['cpu_ms_per_request']:>12.3f}"
         )
     p99 = results["webhook"]["p99_ms"]
     print(f"webhook p99 {p99:.2f} ms (target <= 10 ms: {'met' if p99 <= 10 else 'MISSED'})")
     print(f"p99 ratio webhook/baseline {ratio:.2f} (target <= 2: {'met' if ratio <= 2 else 'MISSED'})")
+    cpu_ratio = results["webhook"]["cpu_ms_per_request"] / results["baseline"]["cpu_ms_per_request"]
+    print(f"CPU per request webhook/baseline {cpu_ratio:.2f}")
+    for label in compare:
+        p99_ratio = results["webhook"]["p99_ms"] / results[label]["p99_ms"]
+        cpu_ratio = results["webhook"]["cpu_ms_per_request"] / results[label]["cpu_ms_per_request"]
+        print(f"webhook/{label}: p99 {p99_ratio:.2f}, CPU per request {cpu_ratio:.2f}")
     return 0
 
 
