@@ -153,7 +153,7 @@ def environment_values(
         "nodeSelector": on_node,
         "hostPaths": {
             "criSocketDir": str(node.containerd.socket.parent),
-            "imageFs": str(node.containerd.root),
+            "imageFs": str(node.containerd.root / "modelcar-prefetcher-statfs"),
             "stateDir": str(tmp_path / "state"),
         },
         "config": {

@@ -82,7 +82,8 @@ def write_overlay(
     )
     volumes = {
         "cri-socket": node.containerd.socket.parent,  # holds containerd.sock, as /run/containerd does
-        "image-fs": node.containerd.root,  # the node's ext4 image filesystem
+        # An empty directory of the agent's own on the node's ext4 image filesystem, as shipped.
+        "image-fs": node.containerd.root / "modelcar-prefetcher-statfs",
         "state": state_dir,
     }
     daemonset = {

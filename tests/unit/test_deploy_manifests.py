@@ -191,13 +191,17 @@ def test_host_paths_match_the_config(
     cfg = load_config(config_data["agent.yaml"])
     mounts, volumes = _mounts(container), _volumes(pod)
     host = {name: v["hostPath"]["path"] for name, v in volumes.items() if "hostPath" in v}
+    # The image filesystem is measured through an empty directory of the agent's own on it,
+    # mounted where imageFsPath points: the image store's contents are not mounted.
+    statfs = f"{cfg.image_fs_path}/modelcar-prefetcher-statfs"
     assert host == {
         "cri-socket": "/run/containerd",
-        "image-fs": cfg.image_fs_path,
+        "image-fs": statfs,
         "state": str(PurePosixPath(cfg.state_file).parent),
     }
+    assert volumes["image-fs"]["hostPath"]["type"] == "DirectoryOrCreate"
     for name, path in host.items():
-        assert mounts[name]["mountPath"] == path
+        assert mounts[name]["mountPath"] == (cfg.image_fs_path if name == "image-fs" else path)
     assert mounts["cri-socket"]["readOnly"] is True
     assert mounts["image-fs"]["readOnly"] is True
     assert not mounts["state"].get("readOnly", False)
