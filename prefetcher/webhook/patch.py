@@ -5,11 +5,8 @@ storage initializer's business and are left alone), or this project's annotation
 workloads: ``modelcar-prefetcher.io/model-uri`` (``oci://`` only), optionally
 ``modelcar-prefetcher.io/container`` (comma-separated names) and ``…/mount-path``.
 
-KServe with its OCI modes off gives an ``oci://`` pod its storage initializer instead, which reads
-no OCI images, with its volume on the model path: that init container and those mounts are replaced
-by the modelcar (sidecar modes), with a warning. KServe's webhook is reinvoked after ours
-(``reinvocationPolicy: IfNeeded``) and would add its storage initializer again for as long as its
-source-URI annotation is there, so the annotation moves to ``modelcar-prefetcher.io/kserve-source-uri``.
+KServe with its OCI modes off gives an ``oci://`` pod its storage initializer instead: the modelcar
+takes its place (``initializer``).
 
 Idempotence: a pod that already has the modelcar container (or, in image-volume mode, the image
 volume) gets no operations, so ``reinvocationPolicy: IfNeeded`` and KServe's own injector, in
@@ -22,7 +19,6 @@ container is allowed unchanged with a warning, as KServe may serve it another wa
 
 from __future__ import annotations
 
-import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -31,19 +27,15 @@ from prefetcher.core.refs import parse_reference
 from prefetcher.errors import InvalidReferenceError
 from prefetcher.webhook import containers as build
 from prefetcher.webhook.config import WebhookConfig, check_model_path
-from prefetcher.webhook.podview import PodView, WiringError, mapping
+from prefetcher.webhook.initializer import STORAGE_INITIALIZER, replace_storage_initializer
+from prefetcher.webhook.podview import PodView, WiringError, canonical_path, mapping
 from prefetcher.webhook.security import Identity, plan_identity
 
 ANNOTATION_PREFIX = "modelcar-prefetcher.io/"
 MODEL_URI_ANNOTATION = ANNOTATION_PREFIX + "model-uri"
 CONTAINER_ANNOTATION = ANNOTATION_PREFIX + "container"
 MOUNT_PATH_ANNOTATION = ANNOTATION_PREFIX + "mount-path"
-# Where KServe's source-URI annotation goes when its storage initializer is replaced (see below).
-REPLACED_ANNOTATION = ANNOTATION_PREFIX + "kserve-source-uri"
 OCI_SCHEME = "oci://"
-# KServe's init container for non-OCI storage; for one URI its args are [uri, model dir]
-# (pkg/webhook/admission/pod/storage_initializer_injector.go).
-STORAGE_INITIALIZER = "storage-initializer"
 Op = dict[str, Any]
 
 
@@ -85,7 +77,11 @@ def _build(pod: Mapping[str, Any], config: WebhookConfig) -> Mutation:
     if _already_wired(view, config):
         return Mutation()
     image, pull_policy, warnings = _image(trigger, config)
-    replaced, view = _replace_storage_initializer(view, trigger, config)
+    replaced: list[Op] = []
+    if not trigger.explicit and config.modelcar_mode != "image-volume":
+        replaced, view = replace_storage_initializer(
+            view, annotation=trigger.annotation, uri=trigger.uri, model_path=trigger.model_path, config=config
+        )
     if replaced:
         warnings.append(
             f"replaced KServe's {STORAGE_INITIALIZER} for {trigger.uri} with the modelcar"
@@ -136,50 +132,6 @@ def _already_wired(view: PodView, config: WebhookConfig) -> bool:
         return True
     volume = view.volume(config.volume_name)
     return config.modelcar_mode == "image-volume" and volume is not None and "image" in volume
-
-
-def _replace_storage_initializer(
-    view: PodView, trigger: _Trigger, config: WebhookConfig
-) -> tuple[list[Op], PodView]:
-    """Operations removing KServe's storage initializer for this OCI model and its volume's mounts
-    on the model path, and the pod as they leave it; none where KServe did not add one."""
-    if trigger.explicit or config.modelcar_mode == "image-volume":
-        return [], view
-    index = next((i for i, c in enumerate(view.init_containers) if _initializes(c, trigger.uri)), None)
-    if index is None:
-        return [], view
-    ops: list[Op] = [
-        {"op": "remove", "path": f"/metadata/annotations/{_pointer(trigger.annotation)}"},
-        {"op": "add", "path": f"/metadata/annotations/{_pointer(REPLACED_ANNOTATION)}", "value": trigger.uri},
-        {"op": "remove", "path": f"/spec/initContainers/{index}"},
-    ]
-    containers = []
-    for number, container in enumerate(view.containers):
-        mounts = view.mounts(number)
-        on_model = [
-            j
-            for j, mount in enumerate(mounts)
-            if mount.get("name") == config.volume_name
-            and canonical_path(mount.get("mountPath")) == trigger.model_path
-        ]
-        base = f"/spec/containers/{number}/volumeMounts"
-        ops += [{"op": "remove", "path": f"{base}/{j}"} for j in reversed(on_model)]
-        kept = [mount for j, mount in enumerate(mounts) if j not in on_model]
-        containers.append({**container, "volumeMounts": kept} if on_model else container)
-    inits = [c for i, c in enumerate(view.init_containers) if i != index]
-    return ops, PodView.read({"spec": {**view.spec, "containers": containers, "initContainers": inits}})
-
-
-def _pointer(key: str) -> str:
-    """``key`` as one JSON Pointer token (RFC 6901: ``~`` is ``~0``, ``/`` is ``~1``)."""
-    return key.replace("~", "~0").replace("/", "~1")
-
-
-def _initializes(container: Mapping[str, Any], uri: str) -> bool:
-    """True for KServe's storage initializer fetching ``uri``."""
-    args = container.get("args")
-    first = args[0] if isinstance(args, list) and args else None
-    return container["name"] == STORAGE_INITIALIZER and first == uri
 
 
 def _image(trigger: _Trigger, config: WebhookConfig) -> tuple[str, str | None, list[str]]:
@@ -251,15 +203,6 @@ def _check_conflicts(view: PodView, targets: list[int], model_path: str, config:
                     f"container {view.container_names[index]} already mounts volume"
                     f" {mount.get('name')!r} at {path}, where the model goes ({model_path})"
                 )
-
-
-def canonical_path(path: Any) -> str:
-    """The directory a container runtime mounts at for ``path``: absolute, normalized, no ``//``.
-
-    POSIX keeps a leading ``//`` (``normpath("//mnt")`` is ``//mnt``), but runtimes mount it at
-    ``/mnt``; compared raw, it would slip past the conflict check.
-    """
-    return posixpath.normpath("/" + str(path or "").lstrip("/"))
 
 
 def _sidecar_ops(

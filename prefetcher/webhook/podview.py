@@ -6,9 +6,19 @@ sent, so every shape is checked here once and a malformed pod becomes a ``Wiring
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+
+def canonical_path(path: Any) -> str:
+    """The directory a container runtime mounts at for ``path``: absolute, normalized, no ``//``.
+
+    POSIX keeps a leading ``//`` (``normpath("//mnt")`` is ``//mnt``), but runtimes mount it at
+    ``/mnt``; compared raw, it would slip past the conflict check.
+    """
+    return posixpath.normpath("/" + str(path or "").lstrip("/"))
 
 
 class WiringError(Exception):

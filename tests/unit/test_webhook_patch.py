@@ -11,11 +11,11 @@ from hypothesis import strategies as st
 
 from prefetcher.webhook.config import WebhookConfig
 from prefetcher.webhook.containers import INIT_SCRIPT, LINK_ENV, MODELCAR_SCRIPT
+from prefetcher.webhook.initializer import REPLACED_ANNOTATION
 from prefetcher.webhook.patch import (
     CONTAINER_ANNOTATION,
     MODEL_URI_ANNOTATION,
     MOUNT_PATH_ANNOTATION,
-    REPLACED_ANNOTATION,
     Mutation,
     build_patch,
 )
