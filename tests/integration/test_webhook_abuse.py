@@ -34,7 +34,7 @@ import yaml
 
 from tests.integration.test_webhook_server import PINNED, WebhookCA, pod_review
 from tests.support.registry import free_port
-from tests.support.webhook import REPO, WEBHOOK_CONFIG_FILE
+from tests.support.webhook import REPO, WEBHOOK_CONFIG_FILE, until_closed
 
 pytestmark = pytest.mark.integration
 
@@ -110,19 +110,6 @@ def post(conn: http.client.HTTPSConnection, body: bytes) -> tuple[int, dict[str,
     response = conn.getresponse()
     data = response.read()
     return response.status, json.loads(data) if response.status == 200 else {"text": data.decode()}
-
-
-def until_closed(tls: ssl.SSLSocket) -> bytes:
-    """Everything the server sends until it closes the connection."""
-    received = b""
-    while True:
-        try:
-            chunk = tls.recv(65536)
-        except (ssl.SSLError, ConnectionResetError):
-            return received
-        if not chunk:
-            return received
-        received += chunk
 
 
 @contextlib.contextmanager

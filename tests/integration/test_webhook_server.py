@@ -38,6 +38,7 @@ from prefetcher.webhook.server import WebhookServer, parse_listen, run_webhook
 from prefetcher.webhook.tls import CertificateStore, certificate_not_after
 from tests.support.admission import admission_review
 from tests.support.pki import certificate_builder
+from tests.support.webhook import until_closed
 
 pytestmark = pytest.mark.integration
 
@@ -374,22 +375,9 @@ def test_a_slow_request_is_cut_off_at_its_deadline(served: Served) -> None:
     with _tls_socket(served) as tls:
         tls.sendall(b"POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
         tls.settimeout(DEADLINE_SECONDS)
-        answer = _until_closed(tls)
+        answer = until_closed(tls)
     assert answer.startswith(b"HTTP/1.1 408")
     assert answer.endswith(b"request body not received in time\n")  # and then the server closed
-
-
-def _until_closed(tls: ssl.SSLSocket) -> bytes:
-    """Everything the server sends until it closes the connection."""
-    received = b""
-    while True:
-        try:
-            chunk = tls.recv(65536)
-        except (ssl.SSLError, ConnectionResetError):
-            return received
-        if not chunk:
-            return received
-        received += chunk
 
 
 def test_listen_addresses() -> None:

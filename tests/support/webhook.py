@@ -126,3 +126,16 @@ def webhook_process(
     finally:
         apiserver.kubectl("delete", "mutatingwebhookconfiguration", name, "--ignore-not-found")
         daemon.stop()
+
+
+def until_closed(tls: ssl.SSLSocket) -> bytes:
+    """Everything the server sends until it closes the connection."""
+    received = b""
+    while True:
+        try:
+            chunk = tls.recv(65536)
+        except (ssl.SSLError, ConnectionResetError):
+            return received
+        if not chunk:
+            return received
+        received += chunk
