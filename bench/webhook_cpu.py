@@ -25,7 +25,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench.webhook_latency import cpu_seconds, make_certificate, review, running  # noqa: E402
+from bench.webhook_latency import checkouts, cpu_seconds, make_certificate, review, running  # noqa: E402
 
 MAX_REQUESTS = 100_000
 MAX_CONNECTIONS = 64
@@ -111,12 +111,7 @@ def main() -> int:
         and 0 < args.rounds <= MAX_ROUNDS
     ):
         parser.error(f"limits: connections {MAX_CONNECTIONS}, requests {MAX_REQUESTS}, rounds {MAX_ROUNDS}")
-    compare = {}
-    for item in args.compare:
-        label, sep, directory = item.partition("=")
-        if not sep or label in ("baseline", "webhook") or not (Path(directory) / "bench").is_dir():
-            parser.error(f"--compare {item!r}: want LABEL=DIR, DIR a checkout of this repository")
-        compare[label] = Path(directory).resolve()
+    compare = checkouts(parser, args.compare)
     with tempfile.TemporaryDirectory() as directory:
         rows = measure(
             make_certificate(Path(directory)),

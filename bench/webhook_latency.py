@@ -274,6 +274,17 @@ def measure(
     }
 
 
+def checkouts(parser: argparse.ArgumentParser, items: list[str]) -> dict[str, Path]:
+    """``--compare LABEL=DIR`` arguments as labelled checkouts; a bad one is a usage error."""
+    compare = {}
+    for item in items:
+        label, sep, directory = item.partition("=")
+        if not sep or label in ("baseline", "webhook") or not (Path(directory) / "bench").is_dir():
+            parser.error(f"--compare {item!r}: want LABEL=DIR, DIR a checkout of this repository")
+        compare[label] = Path(directory).resolve()
+    return compare
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rate", type=float, default=200.0, help="requests per second (open loop)")
@@ -296,12 +307,7 @@ def main() -> int:
         return 0
     if not (0 < args.rate <= MAX_RATE and 0 < args.seconds <= MAX_SECONDS):
         parser.error(f"--rate must be in (0, {MAX_RATE}] and --seconds in (0, {MAX_SECONDS}]")
-    compare = {}
-    for item in args.compare:
-        label, sep, directory = item.partition("=")
-        if not sep or label in ("baseline", "webhook") or not (Path(directory) / "bench").is_dir():
-            parser.error(f"--compare {item!r}: want LABEL=DIR, DIR a checkout of this repository")
-        compare[label] = Path(directory).resolve()
+    compare = checkouts(parser, args.compare)
     with tempfile.TemporaryDirectory() as directory:
         files = make_certificate(Path(directory))
         results = measure(files, rate=args.rate, seconds=args.seconds, compare=compare)
