@@ -280,8 +280,8 @@ def _run_agent(args: argparse.Namespace) -> int:
 def _readiness(wired: list[Reconciler]) -> tuple[bool, str]:
     if not wired:
         return False, "starting"
-    reconciler = wired[0]
-    return reconciler.healthy, f"passes={reconciler.passes} runtime_ok={reconciler.healthy}"
+    status = wired[0].status()
+    return status.healthy, f"passes={status.passes} runtime_ok={status.healthy}"
 
 
 def _serve(
@@ -336,11 +336,12 @@ def _serve(
         log.info(
             "prefetcher stopping%s after %d passes; %s pulls under way abandoned",
             f" on {received[0]}" if received else "",
-            reconciler.passes,
-            reconciler.summary()["pulling"],
+            reconciler.status().passes,
+            reconciler.status().pulling,
         )
     if args.once:
-        print_plan(reconciler.report.plan, failed=reconciler.report.failed)
+        report = reconciler.status().report
+        print_plan(report.plan, failed=report.failed)
     return code
 
 
