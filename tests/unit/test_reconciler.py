@@ -66,6 +66,7 @@ class World:
         *,
         wake: threading.Event | None = None,
         after_pass: Callable[..., None] | None = None,
+        config: Callable[[], Config] | None = None,
     ) -> Reconciler:
         return Reconciler(
             runtime=self.runtime,
@@ -75,7 +76,7 @@ class World:
             events=self.events,
             metrics=Metrics(CollectorRegistry()),
             clock=self.clock,
-            config=lambda: self.config,
+            config=config or (lambda: self.config),
             state=state or AgentState(),
             save_state=self.saved.append,
             draw=lambda: 0.5,
@@ -368,11 +369,7 @@ def test_the_config_is_read_once_per_pass() -> None:
         reads.append(world.config)
         return world.config
 
-    agent = Reconciler(
-        runtime=world.runtime, registry=world.registry, source=world.source, disk=world.disk,
-        events=world.events, metrics=Metrics(CollectorRegistry()), clock=world.clock,
-        config=config, state=AgentState(), save_state=world.saved.append, draw=lambda: 0.5,
-    )
+    agent = world.agent(config=config)
     assert agent.run(threading.Event(), once=True) == 1
     assert agent.status().passes == 2  # the pull, then a pass that finds nothing left to do
     assert len(reads) == 2
