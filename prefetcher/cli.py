@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 from prometheus_client import CollectorRegistry
 
-from prefetcher import __version__
+from prefetcher import __version__, status
 from prefetcher.adapters.cri import CriImageRuntime, detect_endpoint
 from prefetcher.adapters.disk import StatvfsDisk
 from prefetcher.adapters.docker_config import read_docker_config
@@ -40,9 +40,9 @@ from prefetcher.webhook.server import run_webhook
 log = logging.getLogger("prefetcher")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, prog: str = "prefetcher") -> int:
     """Entry point of the ``prefetcher`` command."""
-    args = _parser().parse_args(argv)
+    args = _parser(prog).parse_args(argv)
     try:
         return int(args.func(args))
     except PrefetchError as err:
@@ -50,8 +50,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="prefetcher", description="Keep modelcar images warm on this node.")
+def kubectl_main() -> int:
+    """Entry point of ``kubectl-prefetcher``: the same commands as ``kubectl prefetcher …``."""
+    return main(prog="kubectl prefetcher")
+
+
+def _parser(prog: str = "prefetcher") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="Keep modelcar images warm on this node.")
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
     agent = sub.add_parser("agent", help="run the node agent")
     plan = sub.add_parser("plan", help="show what the agent would pull, evict and skip; changes nothing")
@@ -83,6 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     webhook.add_argument("--key", type=Path, required=True, help="private key (PEM), reloaded on change")
     webhook.add_argument("--listen", default="0.0.0.0:8443", help="HOST:PORT to serve on")
     webhook.set_defaults(func=_run_webhook)
+    status.add_parser(sub)
     version = sub.add_parser("version", help="print the version")
     version.set_defaults(func=lambda _args: print(f"prefetcher {__version__}") or 0)
     return parser

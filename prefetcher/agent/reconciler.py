@@ -35,6 +35,7 @@ from prefetcher.core.model import (
 )
 from prefetcher.core.state import AgentState, BackoffEntry
 from prefetcher.core.units import format_bytes
+from prefetcher.core.warmth import node_models
 from prefetcher.errors import PrefetchError
 from prefetcher.metrics import Metrics
 from prefetcher.ports import Clock, DiskProbe, EventSink, ImageRuntime, ModelSource, PullSecrets, Registry
@@ -208,6 +209,7 @@ class Reconciler:
             "usedBytes": plan.used_bytes,
             "lastError": self.last_error,
             "restartPending": list(self._restart_pending()),
+            "models": node_models(plan, self._pulls.active),
         }
 
     def _wait(self, stop: threading.Event, seconds: float, failed: dict[str, str] | None) -> None:
