@@ -162,10 +162,13 @@ def _source(
     cfg: Config,
     on_reload: Callable[[str, str], None],
     on_change: Callable[[], None] = lambda: None,
+    *,
+    report_warmth: bool = False,
 ) -> _Source:
     """The models file and/or InferenceServices for this node, with what comes with them.
 
-    ``on_change`` is called when the InferenceServices or this node change.
+    ``on_change`` is called when the InferenceServices or this node change; ``report_warmth``
+    takes part in electing the agent that records ``ModelWarmth`` Events (not for a dry run).
     """
     listed = None
     if args.models is not None:
@@ -228,7 +231,20 @@ def _source(
         secrets = ServiceAccountPullSecrets(api, records=source.record, clock=SystemClock())
     # Models of the file are nobody's InferenceService: their Events go to this Node.
     merged: ModelSource = source if listed is None else MergedSource(listed, source)
-    return _Source(merged, events, source.stop, after_pass, secrets, node_events=events)
+    stop: Callable[[], None] = source.stop
+    if report_warmth and k.warmth_events_period_seconds > 0:
+        from prefetcher.adapters.warmth_report import warmth_reporter  # noqa: PLC0415
+
+        reporter = warmth_reporter(
+            api, cfg=k, source=source, recorder=recorder, node_name=args.node_name, clock=SystemClock()
+        )
+        reporter.start()
+
+        def stop() -> None:
+            reporter.stop()
+            source.stop()
+
+    return _Source(merged, events, stop, after_pass, secrets, node_events=events)
 
 
 def _run_agent(args: argparse.Namespace) -> int:
@@ -302,7 +318,7 @@ def _serve(
     restart_pending: Callable[[], tuple[str, ...]],
 ) -> int:
     wake = threading.Event()  # set by a source change: plan again now, not at the next resync
-    source = _source(args, cfg, count, wake.set)
+    source = _source(args, cfg, count, wake.set, report_warmth=not args.once)
     if source.node_events is not None:
         sinks.append(source.node_events)
     state = StateFile(Path(cfg.state_file))
