@@ -2,7 +2,8 @@
 
 Agents (``prefetcher agent`` processes, one per Node created through the API, all on the session's
 containerd) write their summaries; ``prefetcher status`` and ``kubectl prefetcher status`` (the
-built kubectl finding the ``kubectl-prefetcher`` console script on PATH) read them back, and
+built kubectl finding the ``kubectl-prefetcher`` console script on PATH) read them back as a user
+bound to the optional read-only ClusterRole and nothing else, and
 running agents, authenticated as the shipped ServiceAccount, elect one of them to record
 ``ModelWarmth`` Events on the InferenceService.
 """
@@ -32,13 +33,34 @@ pytestmark = pytest.mark.integration
 MISSING = "oci://127.0.0.1:9/models/missing@sha256:" + "0" * 64  # nothing listens on port 9
 AGENT_NAMESPACE = "modelcar-prefetcher"
 BIN = Path(sys.executable).parent
+STATUS_ROLE = Path(__file__).resolve().parents[2] / "deploy/agent/optional/status-reader-role.yaml"
 
 
-def status(apiserver: ApiServer, *args: str) -> str:
-    command = [str(BIN / "prefetcher"), "status", "--kubeconfig", str(apiserver.kubeconfig), *args]
+def status(kubeconfig: Path, *args: str) -> str:
+    command = [str(BIN / "prefetcher"), "status", "--kubeconfig", str(kubeconfig), *args]
     result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
     return result.stdout
+
+
+def status_reader(apiserver: ApiServer) -> Path:
+    """A kubeconfig of a user bound to the optional read-only status ClusterRole, and nothing else."""
+    user = unique("status-reader")
+    apiserver.kubectl("apply", "-f", str(STATUS_ROLE))
+    role = "--clusterrole=modelcar-prefetcher-status-reader"
+    apiserver.kubectl("create", "clusterrolebinding", user, role, f"--user={user}")
+    kubeconfig = apiserver.write_kubeconfig(user)
+    kubectl = [str(apiserver.assets_dir / "kubectl"), f"--kubeconfig={kubeconfig}", "auth", "can-i"]
+    for verb in ("patch", "update", "delete"):  # read only
+        denied = subprocess.run(
+            [*kubectl, verb, "nodes"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert denied.returncode == 1, (verb, denied.stdout, denied.stderr)
+    return kubeconfig
 
 
 def rows(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -62,7 +84,8 @@ def test_status_counts_each_model_by_node_state_in_json_tables_and_through_kubec
     for node in [*gpu_nodes, cpu_node]:
         run_agent(apiserver, containerd, registry, tmp_path, node, namespace=namespace)  # "lost" fails
 
-    doc = json.loads(status(apiserver, "-n", namespace, "-o", "json"))
+    reader = status_reader(apiserver)
+    doc = json.loads(status(reader, "-n", namespace, "-o", "json"))
     models = rows(doc)
     assert set(models) == {image.ref, MISSING.removeprefix("oci://")}, models
     llm, lost = models[image.ref], models[MISSING.removeprefix("oci://")]
@@ -76,7 +99,7 @@ def test_status_counts_each_model_by_node_state_in_json_tables_and_through_kubec
     assert {"name": f"{namespace}/llm", "warmNodes": 2, "eligibleNodes": 2} in doc["inferenceServices"]
     assert {"name": f"{namespace}/lost", "warmNodes": 0, "eligibleNodes": 3} in doc["inferenceServices"]
 
-    wide = status(apiserver, "-n", namespace, "-o", "wide").splitlines()
+    wide = status(reader, "-n", namespace, "-o", "wide").splitlines()
     assert wide[0].split() == [
         "MODEL", "FITS", "WARM", "PULLING", "WAITING", "SKIPPED", "REASONS", "INFERENCESERVICES", "NOT WARM",
     ]  # fmt: skip
@@ -86,7 +109,7 @@ def test_status_counts_each_model_by_node_state_in_json_tables_and_through_kubec
     assert lost_row[1:6] == ["3", "0", "0", "0", "3"] and "unresolved=" in lost_row[6]
     assert all(f"{node}(skipped)" in lost_row[8] for node in [*gpu_nodes, cpu_node])
 
-    env = os.environ | {"PATH": f"{BIN}:{apiserver.assets_dir}", "KUBECONFIG": str(apiserver.kubeconfig)}
+    env = os.environ | {"PATH": f"{BIN}:{apiserver.assets_dir}", "KUBECONFIG": str(reader)}
     kubectl = [str(apiserver.assets_dir / "kubectl"), "prefetcher", "status", "-n", namespace]
     result = subprocess.run(kubectl, capture_output=True, text=True, timeout=60, check=False, env=env)
     assert result.returncode == 0, result.stderr
