@@ -3,9 +3,9 @@
 Agents (``prefetcher agent`` processes, one per Node created through the API, all on the session's
 containerd) write their summaries; ``prefetcher status`` and ``kubectl prefetcher status`` (the
 built kubectl finding the ``kubectl-prefetcher`` console script on PATH) read them back as a user
-bound to the optional read-only ClusterRole and nothing else, and
-running agents, authenticated as the shipped ServiceAccount, elect one of them to record
-``ModelWarmth`` Events on the InferenceService.
+bound to the optional read-only ClusterRole and nothing else, and running agents, authenticated as
+deployed (the shipped ServiceAccount's RBAC, Pod-bound tokens, the node policy), elect one of them
+to record ``ModelWarmth`` Events on the InferenceService.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from typing import Any
 import pytest
 
 from tests.integration.test_agent_cluster import run_agent
-from tests.integration.test_agent_rbac import agent_kubeconfig, apply_agent_rbac
+from tests.integration.test_agent_node_policy import agent_pod_on, agent_token, token_kubeconfig
+from tests.integration.test_agent_rbac import DEPLOY, apply_agent_rbac
 from tests.integration.test_kube_source import apply_isvc, create_node, gpu_predictor, unique
 from tests.support.agent_process import agent_config, running_agent
 from tests.support.apiserver import ApiServer
@@ -132,13 +133,15 @@ def test_one_elected_agent_records_warmth_events_only_on_change_and_another_take
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     image = push_modelcar(registry, "models/status-events", model_size_bytes=1024**2, seed=92)
-    apply_agent_rbac(apiserver)  # the agents run as the shipped ServiceAccount, with its RBAC only
+    # The agents run as deployed: the shipped ServiceAccount with its RBAC, tokens bound to a Pod on
+    # each node, and the node policy that holds each agent to its own Node.
+    apply_agent_rbac(apiserver)
+    apiserver.kubectl("apply", "-f", str(DEPLOY / "node-policy.yaml"))
     monkeypatch.setenv("POD_NAMESPACE", AGENT_NAMESPACE)
     namespace = unique("ns")
     apiserver.create_namespace(namespace)
     nodes = [create_node(apiserver, gpus=1) for _ in range(2)]
     apply_isvc(apiserver, namespace, "llm", gpu_predictor(image.uri))
-    identity = agent_kubeconfig(apiserver)
     with ExitStack() as stack:
         agents = {}
         for node in nodes:
@@ -152,6 +155,10 @@ def test_one_elected_agent_records_warmth_events_only_on_change_and_another_take
             )
             config.write_text(json.dumps(settings))
             log_file = tmp_path / f"{node}.log"
+            token = agent_token(
+                apiserver, "--bound-object-kind=Pod", f"--bound-object-name={agent_pod_on(apiserver, node)}"
+            )
+            identity = token_kubeconfig(apiserver, token, unique("agent-token"))
             agents[node] = stack.enter_context(
                 running_agent(config, node=node, kubeconfig=identity, log_file=log_file)
             )
