@@ -86,7 +86,7 @@ def _model(row: ModelRow) -> dict[str, Any]:
 def table(doc: dict[str, Any], *, wide: bool) -> str:
     """The models table, then the InferenceServices' warmth, as ``kubectl get`` aligns columns."""
     head = ["MODEL", "FITS", "WARM", "PULLING", "WAITING", "SKIPPED", "REASONS"]
-    rows = [head + (["INFERENCESERVICES", "NOT WARM"] if wide else [])]
+    rows = [head + (["INFERENCESERVICES", "NOT-WARM"] if wide else [])]
     for m in doc["models"]:
         counts = [str(m["fits"])] + [str(len(m[s])) for s in ("warm", "pulling", "waiting", "skipped")]
         reasons = ",".join(f"{r}={n}" for r, n in m["reasons"].items()) or "-"

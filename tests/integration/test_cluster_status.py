@@ -102,7 +102,7 @@ def test_status_counts_each_model_by_node_state_in_json_tables_and_through_kubec
 
     wide = status(reader, "-n", namespace, "-o", "wide").splitlines()
     assert wide[0].split() == [
-        "MODEL", "FITS", "WARM", "PULLING", "WAITING", "SKIPPED", "REASONS", "INFERENCESERVICES", "NOT WARM",
+        "MODEL", "FITS", "WARM", "PULLING", "WAITING", "SKIPPED", "REASONS", "INFERENCESERVICES", "NOT-WARM",
     ]  # fmt: skip
     llm_row = next(line.split() for line in wide if line.startswith(image.ref))
     assert llm_row[1:8] == ["2", "2", "0", "0", "0", "-", f"{namespace}/llm"] and llm_row[8] == "-"
@@ -136,6 +136,7 @@ def test_one_elected_agent_records_warmth_events_only_on_change_and_another_take
     # The agents run as deployed: the shipped ServiceAccount with its RBAC, tokens bound to a Pod on
     # each node, and the node policy that holds each agent to its own Node.
     apply_agent_rbac(apiserver)
+    apiserver.kubectl("apply", "-n", AGENT_NAMESPACE, "-f", str(DEPLOY / "serviceaccount.yaml"))
     apiserver.kubectl("apply", "-f", str(DEPLOY / "node-policy.yaml"))
     monkeypatch.setenv("POD_NAMESPACE", AGENT_NAMESPACE)
     namespace = unique("ns")
