@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from prefetcher import __version__
+from prefetcher import __version__, status
 from prefetcher.agent.report import plan_document, print_plan
 from prefetcher.errors import PrefetchError
 from prefetcher.wiring.agent import AgentOptions, dry_run, run_agent
@@ -26,9 +26,9 @@ if TYPE_CHECKING:
     Subcommands: TypeAlias = argparse._SubParsersAction[argparse.ArgumentParser]
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def main(argv: Sequence[str] | None = None, *, prog: str = "prefetcher") -> int:
     """Entry point of the ``prefetcher`` command."""
-    args = _parser().parse_args(argv)
+    args = _parser(prog).parse_args(argv)
     try:
         return int(args.func(args))
     except PrefetchError as err:
@@ -36,8 +36,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="prefetcher", description="Keep modelcar images warm on this node.")
+def kubectl_main() -> int:
+    """Entry point of ``kubectl-prefetcher``: the same commands as ``kubectl prefetcher …``."""
+    return main(prog="kubectl prefetcher")
+
+
+def _parser(prog: str = "prefetcher") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=prog, description="Keep modelcar images warm on this node.")
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
     for add in COMMANDS:
         add(sub)
@@ -130,5 +135,6 @@ COMMANDS: tuple[Callable[[Subcommands], None], ...] = (
     _add_agent,
     _add_plan,
     _add_webhook,
+    status.add_parser,
     _add_version,
 )

@@ -178,6 +178,12 @@ class KubernetesConfig:
         "Node condition type the agent keeps on its node: True once every desired model is warm or "
         "skipped for a stated reason (for a NodeReadinessRule to gate a taint on); empty: off.",
     )
+    warmth_events_period_seconds: float = _opt(
+        30.0,
+        "How often the one agent holding the reporter Lease counts, per InferenceService, the nodes "
+        "where it is warm and records a `ModelWarmth` Event when that changed; 0: off.",
+        _between(0, 3600),
+    )
 
 
 @dataclass(frozen=True)

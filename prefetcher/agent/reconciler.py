@@ -179,12 +179,13 @@ class Reconciler:
             self._metrics.reconcile_errors.labels(type(err).__name__).inc()
             log.error("reconcile pass failed: %s", err)
             self._status.failed(
-                str(err), pulling=len(self._pulls.active), managed_bytes=self._managed_bytes()
+                str(err), pulling=frozenset(self._pulls.active), managed_bytes=self._managed_bytes()
             )
             # A failed pass settles nothing, but deadlines and the reported last error still move on.
             self._run_after_pass(settled=False)
             return str(err)
-        self._status.passed(report, pulling=len(self._pulls.active), managed_bytes=self._managed_bytes())
+        pulling = frozenset(self._pulls.active)
+        self._status.passed(report, pulling=pulling, managed_bytes=self._managed_bytes())
         self._metrics.last_reconcile.set(self._clock.now())
         self._run_after_pass(settled=not self._pulls.active and not report.plan.pulls)
         return None
@@ -224,7 +225,9 @@ class Reconciler:
                     ref, error, sources = outcome.model_ref, outcome.error, outcome.sources
                     self._record_failure(cfg, ref, error, sources, failed=failed, reason=outcome.reason)
             if finished:
-                self._status.progress(pulling=len(self._pulls.active), managed_bytes=self._managed_bytes())
+                self._status.progress(
+                    pulling=frozenset(self._pulls.active), managed_bytes=self._managed_bytes()
+                )
             try:
                 self._flush()
             except PrefetchError as err:  # kept dirty: the next pass writes it or fails loudly

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from prefetcher.core.model import Plan
+from prefetcher.core.warmth import node_models
 
 
 @dataclass(frozen=True)
@@ -36,8 +37,8 @@ class AgentStatus:
     """The last failure of a pass or of a model, shortened to 300 characters."""
     report: PassReport = PassReport()
     """The last pass's plan and the models that failed in this run."""
-    pulling: int = 0
-    """Pulls under way."""
+    pulling: frozenset[str] = frozenset()
+    """References of the pulls under way."""
     managed_bytes: int = 0
     """Bytes on disk of the images the agent pulled and still holds."""
 
@@ -47,12 +48,13 @@ class AgentStatus:
         return {
             "warm": len(plan.warm),
             "managedBytes": self.managed_bytes,
-            "pulling": self.pulling,
+            "pulling": len(self.pulling),
             "skipped": dict(skip_counts(plan)),
             "budgetBytes": plan.limit_bytes,
             "usedBytes": plan.used_bytes,
             "lastError": self.last_error,
             "restartPending": list(restart_pending),
+            "models": node_models(plan, self.pulling),
         }
 
 
@@ -68,13 +70,13 @@ class StatusBoard:
         with self._lock:
             return self._status
 
-    def passed(self, report: PassReport, *, pulling: int, managed_bytes: int) -> None:
+    def passed(self, report: PassReport, *, pulling: frozenset[str], managed_bytes: int) -> None:
         """A pass completed with ``report``."""
         with self._lock:
             now = replace(self._status, passes=self._status.passes + 1, healthy=True, report=report)
             self._status = replace(now, pulling=pulling, managed_bytes=managed_bytes)
 
-    def failed(self, error: str, *, pulling: int, managed_bytes: int) -> None:
+    def failed(self, error: str, *, pulling: frozenset[str], managed_bytes: int) -> None:
         """A pass failed with ``error`` (the runtime did not answer, the state was not written…)."""
         with self._lock:
             now = replace(self._status, healthy=False, last_error=error[:300])
@@ -85,7 +87,7 @@ class StatusBoard:
         with self._lock:
             self._status = replace(self._status, last_error=message[:300])
 
-    def progress(self, *, pulling: int, managed_bytes: int) -> None:
+    def progress(self, *, pulling: frozenset[str], managed_bytes: int) -> None:
         """Pulls finished between passes."""
         with self._lock:
             self._status = replace(self._status, pulling=pulling, managed_bytes=managed_bytes)

@@ -136,7 +136,13 @@ def readiness(status: AgentStatus) -> tuple[bool, str]:
 
 def _serve(options: AgentOptions, started: _Started) -> AgentRun:
     wake = threading.Event()  # set by a source change: plan again now, not at the next resync
-    feed = model_feed(options, started.cfg, on_reload=started.on_reload, on_change=wake.set)
+    feed = model_feed(
+        options,
+        started.cfg,
+        on_reload=started.on_reload,
+        on_change=wake.set,
+        report_warmth=not options.once,
+    )
     try:
         started.reports.attach(feed.node_events)
         state = StateFile(Path(started.cfg.state_file))
@@ -167,7 +173,7 @@ def _serve(options: AgentOptions, started: _Started) -> AgentRun:
             "prefetcher stopping%s after %d passes; %s pulls under way abandoned",
             f" on {stop.received}" if stop.received else "",
             status.passes,
-            status.pulling,
+            len(status.pulling),
         )
     return AgentRun(code, status.report if options.once else None)
 
@@ -216,11 +222,13 @@ def model_feed(
     *,
     on_reload: Callable[[str, str], None],
     on_change: Callable[[], None] = lambda: None,
+    report_warmth: bool = False,
 ) -> ModelFeed:
     """The models file and/or InferenceServices for this node, with what comes with them.
 
     ``on_reload`` is told about models-file reloads; ``on_change`` is called when the
-    InferenceServices or this node change.
+    InferenceServices or this node change; ``report_warmth`` takes part in electing the agent that
+    records ``ModelWarmth`` Events (not for a dry run or a one-shot run).
     """
     listed = None
     if options.models_path is not None:
@@ -232,7 +240,11 @@ def model_feed(
     from prefetcher.wiring.cluster import cluster_feed  # noqa: PLC0415 (the Kubernetes client, on demand)
 
     cluster = cluster_feed(
-        cfg, node_name=options.node_name, kubeconfig=options.kubeconfig, on_change=on_change
+        cfg,
+        node_name=options.node_name,
+        kubeconfig=options.kubeconfig,
+        on_change=on_change,
+        report_warmth=report_warmth,
     )
     if listed is None:
         return cluster

@@ -16,6 +16,7 @@ from prefetcher.adapters.node_condition import NodeCondition, models_warm
 from prefetcher.adapters.node_status import NodeSummary
 from prefetcher.adapters.node_taint import StartupTaint
 from prefetcher.adapters.pull_secrets import ServiceAccountPullSecrets
+from prefetcher.adapters.warmth_report import warmth_reporter
 from prefetcher.agent.runtime_support import SystemClock
 from prefetcher.config import Config
 from prefetcher.wiring.feed import ModelFeed
@@ -42,11 +43,17 @@ class NodeHooks:
 
 
 def cluster_feed(
-    cfg: Config, *, node_name: str, kubeconfig: str | None, on_change: Callable[[], None]
+    cfg: Config,
+    *,
+    node_name: str,
+    kubeconfig: str | None,
+    on_change: Callable[[], None],
+    report_warmth: bool = False,
 ) -> ModelFeed:
     """InferenceServices for ``node_name``, their Events, the node's hooks and the workloads' pull secrets.
 
-    ``on_change`` is called when the InferenceServices or this node change.
+    ``on_change`` is called when the InferenceServices or this node change; with ``report_warmth``
+    the agent stands for election as the one that records ``ModelWarmth`` Events.
     """
     api = api_client(kubeconfig=kubeconfig)
     k = cfg.kubernetes
@@ -71,7 +78,18 @@ def cluster_feed(
     secrets = None
     if cfg.credentials.service_account_pull_secrets:
         secrets = ServiceAccountPullSecrets(api, records=source.record, clock=SystemClock())
-    return ModelFeed(source, events, source.stop, hooks, secrets, node_events=events)
+    stop: Callable[[], None] = source.stop
+    if report_warmth and k.warmth_events_period_seconds > 0:
+        reporter = warmth_reporter(
+            api, cfg=k, source=source, recorder=recorder, node_name=node_name, clock=SystemClock()
+        )
+        reporter.start()
+
+        def stop() -> None:
+            reporter.stop()
+            source.stop()
+
+    return ModelFeed(source, events, stop, hooks, secrets, node_events=events)
 
 
 def _node_hooks(api: Any, node_name: str, cfg: Config) -> NodeHooks:

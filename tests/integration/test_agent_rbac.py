@@ -14,6 +14,7 @@ pytestmark = pytest.mark.integration
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "agent"
 AGENT = "system:serviceaccount:modelcar-prefetcher:modelcar-prefetcher"
 PULL_SECRETS_ROLE = DEPLOY / "optional" / "pull-secrets-role.yaml"
+REPORTER_LEASE = "modelcar-prefetcher-warmth-reporter"
 
 
 def can(apiserver: ApiServer, verb: str, resource: str, *extra: str) -> bool:
@@ -61,6 +62,11 @@ def rbac_applied(apiserver: ApiServer, isvc_crd: str) -> None:
         ("patch", "nodes", ("--subresource=status",)),
         ("create", "events", ("-n", "team-a")),
         ("patch", "events", ("-n", "team-a")),
+        # The warmth reporter: every Node's summary, and its one Lease in the agent's namespace.
+        ("list", "nodes", ()),
+        ("get", f"leases/{REPORTER_LEASE}", ("-n", "modelcar-prefetcher")),
+        ("update", f"leases/{REPORTER_LEASE}", ("-n", "modelcar-prefetcher")),
+        ("create", "leases", ("-n", "modelcar-prefetcher")),
     ],
 )
 def test_the_agent_can_do_what_it_needs(
@@ -84,6 +90,11 @@ def test_the_agent_can_do_what_it_needs(
         ("list", "pods", ("--all-namespaces",)),
         ("delete", "events", ("-n", "team-a")),
         ("*", "*", ()),
+        # Leases elsewhere: kubelet's heartbeats, controllers' leader elections.
+        ("update", "leases", ("-n", "kube-node-lease")),
+        ("get", "leases", ("-n", "kube-system")),
+        ("create", "leases", ("-n", "team-a")),
+        ("patch", f"leases/{REPORTER_LEASE}", ("-n", "modelcar-prefetcher")),
     ],
 )
 def test_the_agent_cannot_read_secrets_or_change_what_it_does_not_own(

@@ -268,6 +268,15 @@ def test_a_node_joining_with_the_startup_taint_is_warmed_before_its_serving_pod_
         # patch and a scheduling cycle apart (about 150 ms measured).
         observer.until_bound()
         pod = node.wait_pod_ready(namespace, "server")
+        # The agent elected through its Lease (here the only one) records the warmth once it changed.
+        node.wait_for(
+            lambda: [
+                e
+                for e in events(node, namespace, "involvedObject.name=llm,reason=ModelWarmth")
+                if e["message"] == "warm on 1 of 1 eligible nodes"
+            ],
+            what="a ModelWarmth Event on the InferenceService",
+        )
         log = node.pod_logs(NAMESPACE, agent, "agent")
 
     timeline = observer.timeline()
@@ -291,8 +300,9 @@ def test_a_node_joining_with_the_startup_taint_is_warmed_before_its_serving_pod_
     pulled = events(node, namespace, "involvedObject.name=server,reason=Pulled")
     assert [e["message"] for e in pulled] == [f'Container image "{model.ref}" already present on machine']
     assert not events(node, namespace, "involvedObject.name=server,reason=Pulling")
-    prefetched = events(node, namespace, "involvedObject.kind=InferenceService,involvedObject.name=llm")
-    assert [e["reason"] for e in prefetched] == ["Prefetched"], prefetched
+    about = events(node, namespace, "involvedObject.kind=InferenceService,involvedObject.name=llm")
+    prefetched = [e for e in about if e["reason"] != "ModelWarmth"]
+    assert [e["reason"] for e in prefetched] == ["Prefetched"], about
     assert model.ref in prefetched[0]["message"]
     summary = json.loads(node.node()["metadata"]["annotations"][SUMMARY])
     assert (summary["warm"], summary["pulling"], summary["lastError"]) == (1, 0, ""), summary

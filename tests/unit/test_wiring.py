@@ -28,11 +28,11 @@ def options(tmp_path: Path, *, models: Path | None = None, node_name: str = "") 
 def test_readiness_says_starting_until_the_first_pass_then_follows_the_runtime() -> None:
     board = StatusBoard()
     assert readiness(board.read()) == (False, "starting")
-    board.failed("runtime unavailable", pulling=0, managed_bytes=0)
+    board.failed("runtime unavailable", pulling=frozenset(), managed_bytes=0)
     assert readiness(board.read()) == (False, "passes=0 runtime_ok=False")
-    board.passed(PassReport(), pulling=0, managed_bytes=0)
+    board.passed(PassReport(), pulling=frozenset(), managed_bytes=0)
     assert readiness(board.read()) == (True, "passes=1 runtime_ok=True")
-    board.failed("runtime unavailable again", pulling=0, managed_bytes=0)
+    board.failed("runtime unavailable again", pulling=frozenset(), managed_bytes=0)
     assert readiness(board.read()) == (False, "passes=1 runtime_ok=False")
 
 
