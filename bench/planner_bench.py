@@ -31,6 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.webhook_latency import checkouts  # noqa: E402
 from prefetcher.core.model import Budget, CachedImage, DesiredModel, DiskState, ManagedImage  # noqa: E402
 from prefetcher.core.planner import plan  # noqa: E402
 from tests.unit.planner_inputs import GIB, cached_of, managed_of, model  # noqa: E402
@@ -151,17 +152,6 @@ def medians_ms(fn: Callable[[], object], runs: int) -> tuple[float, float]:
     return statistics.median(wall), statistics.median(cpu)
 
 
-def checkouts(parser: argparse.ArgumentParser, items: list[str]) -> dict[str, Path]:
-    """``--compare LABEL=DIR`` arguments as labelled checkouts; a bad one is a usage error."""
-    compare = {}
-    for item in items:
-        label, sep, directory = item.partition("=")
-        if not sep or label in ("baseline", "plan") or not (Path(directory) / "prefetcher").is_dir():
-            parser.error(f"--compare {item!r}: want LABEL=DIR, DIR a checkout of this repository")
-        compare[label] = Path(directory).resolve()
-    return compare
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=15)
@@ -181,7 +171,7 @@ def main() -> int:
         "baseline": lambda: run_baseline(args),
         "plan": lambda: call(plan, args),
     }
-    for label, checkout in checkouts(parser, opts.compare).items():
+    for label, checkout in checkouts(parser, opts.compare, reserved=("baseline", "plan")).items():
         other = planner_of(checkout)
         verdict = "same plan" if same_plans(other, args) else "DIFFERENT PLANS"
         print(f"{label} ({checkout}): {verdict} on the bench inputs and 3 variants with waits")
