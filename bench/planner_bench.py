@@ -8,14 +8,19 @@ agent (managed), 200 of those in use by containers; a 10 TiB image filesystem 55
 
 The baseline, timed in the same run on the same inputs, is the least any planner must do: build
 the set of cached references and sort the desired models by priority. The ratio is the planner's
-cost over that floor. Each figure is the median of ``--runs`` runs after one warm-up run.
+cost over that floor. ``--compare LABEL=DIR`` also times the planner of another checkout of this
+repository (``git worktree add DIR main``, or ``git archive``) on the same inputs, interleaved,
+after checking that both planners give the same plan on these inputs and on variants with
+back-offs and pulls in flight (seeds 7-9); the speed-up is printed as a ratio. Each figure is the
+median of ``--runs`` runs after one warm-up run, wall clock and CPU time of this process.
 
-    .venv/bin/python bench/planner_bench.py [--runs 15]
+    .venv/bin/python bench/planner_bench.py [--runs 15] [--compare before=DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import random
 import statistics
 import sys
@@ -26,6 +31,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench.webhook_latency import checkouts  # noqa: E402
 from prefetcher.core.model import Budget, CachedImage, DesiredModel, DiskState, ManagedImage  # noqa: E402
 from prefetcher.core.planner import plan  # noqa: E402
 from tests.unit.planner_inputs import GIB, cached_of, managed_of, model  # noqa: E402
@@ -37,6 +43,9 @@ CACHED_OTHER = 1_000
 IN_USE = 200
 NOW = 1_000_000.0
 TARGET_MS = 50.0
+
+
+Planner = Callable[..., object]
 
 
 def inputs(seed: int = 7) -> dict[str, object]:
@@ -70,15 +79,28 @@ def inputs(seed: int = 7) -> dict[str, object]:
     }
 
 
-def run_plan(args: dict[str, object]) -> object:
-    return plan(
-        args["desired"],  # type: ignore[arg-type]
-        args["cached"],  # type: ignore[arg-type]
-        args["in_use"],  # type: ignore[arg-type]
-        args["disk"],  # type: ignore[arg-type]
-        args["budget"],  # type: ignore[arg-type]
+def with_waits(args: dict[str, object], seed: int) -> dict[str, object]:
+    """``args`` with some models backing off (some of those past their time) and some in flight."""
+    rng = random.Random(seed)
+    refs = sorted({m.ref.canonical() for m in args["desired"]})  # type: ignore[attr-defined]
+    backoff = {ref: NOW + rng.uniform(-600, 600) for ref in rng.sample(refs, 300)}
+    backoff.update(dict.fromkeys(rng.sample(refs, 20), float("inf")))
+    in_flight = {ref: rng.randint(1, 20) * GIB for ref in rng.sample(refs, 50)}
+    return {**args, "backoff_until": backoff, "in_flight": in_flight}
+
+
+def call(planner: Planner, args: dict[str, object]) -> object:
+    """One plan over ``args`` (the bench's inputs, optionally with back-offs and pulls in flight)."""
+    extra = {key: args[key] for key in ("backoff_until", "in_flight") if key in args}
+    return planner(
+        args["desired"],
+        args["cached"],
+        args["in_use"],
+        args["disk"],
+        args["budget"],
         now=NOW,
-        managed=args["managed"],  # type: ignore[arg-type]
+        managed=args["managed"],
+        **extra,
     )
 
 
@@ -90,22 +112,53 @@ def run_baseline(args: dict[str, object]) -> object:
     return refs, order
 
 
-def median_ms(fn: Callable[[dict[str, object]], object], args: dict[str, object], runs: int) -> float:
-    fn(args)  # warm-up: caches, allocator
-    samples = []
+def planner_of(checkout: Path) -> Planner:
+    """The ``plan`` of another checkout, imported beside this one's (its modules set aside after)."""
+    ours = {name: module for name, module in sys.modules.items() if name.partition(".")[0] == "prefetcher"}
+    for name in ours:
+        del sys.modules[name]
+    sys.path.insert(0, str(checkout))
+    try:
+        module = importlib.import_module("prefetcher.core.planner")
+    finally:
+        sys.path.remove(str(checkout))
+        for name in [name for name in sys.modules if name.partition(".")[0] == "prefetcher"]:
+            del sys.modules[name]
+        sys.modules.update(ours)
+    if not Path(module.__file__ or "").is_relative_to(checkout):
+        raise SystemExit(f"--compare: {checkout} did not provide prefetcher.core.planner")
+    planner: Planner = module.plan
+    return planner
+
+
+def same_plans(planner: Planner, args: dict[str, object]) -> bool:
+    """Whether ``planner`` and this checkout's give the same plan on the bench's inputs and variants.
+
+    Compared by ``repr``: the two checkouts' ``Plan`` classes are distinct, so ``==`` is always False.
+    """
+    cases = [args, *(with_waits(inputs(seed), seed) for seed in (7, 8, 9))]
+    return all(repr(call(plan, case)) == repr(call(planner, case)) for case in cases)
+
+
+def medians_ms(fn: Callable[[], object], runs: int) -> tuple[float, float]:
+    """Median wall-clock and CPU milliseconds of ``runs`` calls after one warm-up call."""
+    fn()  # warm-up: caches, allocator
+    wall, cpu = [], []
     for _ in range(runs):
-        start = time.perf_counter()
-        fn(args)
-        samples.append((time.perf_counter() - start) * 1000)
-    return statistics.median(samples)
+        start, start_cpu = time.perf_counter(), time.process_time()
+        fn()
+        cpu.append((time.process_time() - start_cpu) * 1000)
+        wall.append((time.perf_counter() - start) * 1000)
+    return statistics.median(wall), statistics.median(cpu)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=15)
+    parser.add_argument("--compare", action="append", default=[], metavar="LABEL=DIR")
     opts = parser.parse_args()
     args = inputs()
-    result = run_plan(args)
+    result = call(plan, args)
     print(
         f"inputs: {len(args['desired'])} desired entries, {len(args['cached'])} cached images, "  # type: ignore[arg-type]
         f"{len(args['managed'])} managed, {len(args['in_use'])} in use"  # type: ignore[arg-type]
@@ -114,16 +167,32 @@ def main() -> int:
         f"plan: {len(result.pulls)} pulls, {len(result.evictions)} evictions, "  # type: ignore[attr-defined]
         f"{len(result.skips)} skips, {len(result.warm)} warm"  # type: ignore[attr-defined]
     )
-    # Interleave so both see the same background load.
-    planner_runs, baseline_runs = [], []
+    timed: dict[str, Callable[[], object]] = {
+        "baseline": lambda: run_baseline(args),
+        "plan": lambda: call(plan, args),
+    }
+    for label, checkout in checkouts(parser, opts.compare, reserved=("baseline", "plan")).items():
+        other = planner_of(checkout)
+        verdict = "same plan" if same_plans(other, args) else "DIFFERENT PLANS"
+        print(f"{label} ({checkout}): {verdict} on the bench inputs and 3 variants with waits")
+        timed[label] = lambda other=other: call(other, args)  # type: ignore[misc]
+    # Interleave so every planner sees the same background load.
+    batches: dict[str, list[tuple[float, float]]] = {label: [] for label in timed}
     for _ in range(3):
-        baseline_runs.append(median_ms(run_baseline, args, opts.runs))
-        planner_runs.append(median_ms(run_plan, args, opts.runs))
-    planner_ms, baseline_ms = statistics.median(planner_runs), statistics.median(baseline_runs)
-    print(f"baseline (cached-ref set + priority sort): {baseline_ms:.1f} ms (median)")
-    print(f"plan(...):                                 {planner_ms:.1f} ms (median)")
-    print(f"ratio plan/baseline: {planner_ms / baseline_ms:.2f}x")
-    verdict = "met" if planner_ms <= TARGET_MS else "MISSED"
+        for label, fn in timed.items():
+            batches[label].append(medians_ms(fn, opts.runs))
+    wall = {label: statistics.median(w for w, _ in runs) for label, runs in batches.items()}
+    cpu = {label: statistics.median(c for _, c in runs) for label, runs in batches.items()}
+    others = [label for label in timed if label not in ("baseline", "plan")]
+    names = {"baseline": "baseline (cached-ref set + priority sort)", "plan": "plan(...)"}
+    names.update({label: f"plan(...) of {label}" for label in others})
+    for label, name in names.items():
+        print(f"{name + ':':43} {wall[label]:.1f} ms (median; CPU {cpu[label]:.1f} ms)")
+    print(f"ratio plan/baseline: {wall['plan'] / wall['baseline']:.2f}x")
+    for label in others:
+        wall_ratio, cpu_ratio = wall[label] / wall["plan"], cpu[label] / cpu["plan"]
+        print(f"speed-up over {label}: {wall_ratio:.2f}x wall, {cpu_ratio:.2f}x CPU")
+    verdict = "met" if wall["plan"] <= TARGET_MS else "MISSED"
     print(f"target <= {TARGET_MS:.0f} ms: {verdict}")
     return 0
 

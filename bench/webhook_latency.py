@@ -274,12 +274,17 @@ def measure(
     }
 
 
-def checkouts(parser: argparse.ArgumentParser, items: list[str]) -> dict[str, Path]:
-    """``--compare LABEL=DIR`` arguments as labelled checkouts; a bad one is a usage error."""
+def checkouts(
+    parser: argparse.ArgumentParser, items: list[str], *, reserved: tuple[str, ...] = ("baseline", "webhook")
+) -> dict[str, Path]:
+    """``--compare LABEL=DIR`` arguments as labelled checkouts; a bad one is a usage error.
+
+    ``reserved`` are the labels the bench itself prints, which a checkout may not take.
+    """
     compare = {}
     for item in items:
         label, sep, directory = item.partition("=")
-        if not sep or label in ("baseline", "webhook") or not (Path(directory) / "bench").is_dir():
+        if not sep or label in reserved or not (Path(directory) / "bench").is_dir():
             parser.error(f"--compare {item!r}: want LABEL=DIR, DIR a checkout of this repository")
         compare[label] = Path(directory).resolve()
     return compare

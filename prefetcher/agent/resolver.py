@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from prefetcher.agent.keychain import Keychain
-from prefetcher.core.backoff import retry_note
+from prefetcher.core.backoff import backoff_skip
 from prefetcher.core.model import DesiredModel, ModelRequest, Skip, SkipReason
 from prefetcher.core.refs import ImageRef, parse_reference
 from prefetcher.errors import InvalidReferenceError, RegistryError
@@ -81,16 +81,9 @@ class Resolver:
             if key in cached_refs and (ref.pinned or tag_policy == "allow"):
                 desired.append(DesiredModel(ref, request.priority, 0, sources))
                 continue
-            if backoff_until.get(key, 0.0) > now:
-                wait = backoff_until[key] - now
-                skips.append(
-                    Skip(
-                        key,
-                        SkipReason.BACKOFF,
-                        retry_note(wait),
-                        sources,
-                    )
-                )
+            waiting = backoff_skip(key, sources, until=backoff_until, now=now)
+            if waiting is not None:
+                skips.append(waiting)
                 continue
             try:
                 resolved, fresh = self._lookup(ref, now, request, sources)

@@ -1,9 +1,15 @@
-"""Exponential back-off with jitter for failed pulls; the random draw is passed in."""
+"""Exponential back-off with jitter for failed pulls, and the check of whether a reference waits.
+
+Pure: the random draw and the current time are passed in.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
+
+from prefetcher.core.model import Skip, SkipReason
 
 
 @dataclass(frozen=True)
@@ -31,3 +37,16 @@ def retry_note(wait: float) -> str:
     if math.isinf(wait):
         return "last attempt failed earlier in this run; not retried until the next run"
     return f"last attempt failed; retry in {wait:.0f}s"
+
+
+def backoff_skip(
+    ref: str, sources: tuple[str, ...], *, until: Mapping[str, float], now: float
+) -> Skip | None:
+    """The skip of ``ref`` while it backs off (``until[ref]`` still ahead of ``now``), else None.
+
+    The one back-off check: the resolver asks it before a registry lookup, the planner before a pull.
+    """
+    retry_at = until.get(ref)
+    if retry_at is not None and retry_at > now:
+        return Skip(ref, SkipReason.BACKOFF, retry_note(retry_at - now), sources)
+    return None

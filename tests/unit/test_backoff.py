@@ -1,9 +1,11 @@
-"""Back-off delays: exponential, capped, jittered within bounds."""
+"""Back-off delays (exponential, capped, jittered within bounds) and the check of who waits."""
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from prefetcher.core.backoff import BackoffPolicy, retry_note
+from prefetcher.core.backoff import BackoffPolicy, backoff_skip, retry_note
+from prefetcher.core.model import Skip, SkipReason
 
 
 def test_doubles_from_the_base_without_jitter() -> None:
@@ -27,3 +29,25 @@ def test_retry_note_names_the_wait_or_says_a_one_shot_run_does_not_retry() -> No
     assert retry_note(float("inf")) == (
         "last attempt failed earlier in this run; not retried until the next run"
     )
+
+
+@pytest.mark.parametrize(
+    ("until", "expected"),
+    [
+        ({}, None),
+        ({"r": 99.0}, None),
+        ({"r": 100.0}, None),
+        ({"r": float("nan")}, None),
+        ({"other": 500.0}, None),
+        ({"r": 160.0}, "last attempt failed; retry in 60s"),
+        ({"r": float("inf")}, "last attempt failed earlier in this run; not retried until the next run"),
+    ],
+)
+def test_backoff_skip_only_while_the_retry_time_is_ahead(
+    until: dict[str, float], expected: str | None
+) -> None:
+    skip = backoff_skip("r", ("isvc ns/a",), until=until, now=100.0)
+    if expected is None:
+        assert skip is None
+    else:
+        assert skip == Skip("r", SkipReason.BACKOFF, expected, ("isvc ns/a",))
