@@ -4,6 +4,8 @@ Adapters translate third-party errors into these at their boundary and raise the
 cause, so the core and the agent never see a ``grpc.RpcError`` or an HTTP library's exception.
 """
 
+from enum import StrEnum
+
 
 class PrefetchError(Exception):
     """Base class of every error this project raises on purpose."""
@@ -21,10 +23,25 @@ class RuntimeUnavailableError(PrefetchError):
     """The container runtime's CRI socket is missing, refused, not permitted or timing out."""
 
 
+class PullFailure(StrEnum):
+    """Why a pull failed: the ``reason`` label of ``prefetcher_pulls_total{outcome="failed"}``."""
+
+    UNRESOLVED = "unresolved"  # the registry lookup before the pull failed
+    NOT_FOUND = "not_found"
+    UNAUTHORIZED = "unauthorized"
+    NO_SPACE = "no_space"
+    TIMEOUT = "timeout"
+    STALLED = "stalled"
+    OVER_BUDGET = "over_budget"
+    CANCELLED = "cancelled"
+    RUNTIME_UNAVAILABLE = "runtime_unavailable"
+    ERROR = "error"
+
+
 class PullFailedError(PrefetchError):
     """The runtime could not pull an image; ``reason`` is a bounded label for metrics."""
 
-    def __init__(self, message: str, *, reason: str = "error") -> None:
+    def __init__(self, message: str, *, reason: PullFailure = PullFailure.ERROR) -> None:
         super().__init__(message)
         self.reason = reason
 

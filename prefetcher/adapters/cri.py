@@ -30,7 +30,13 @@ import grpc
 
 from prefetcher.adapters.cri_api import api_pb2, api_pb2_grpc
 from prefetcher.core.model import CachedImage
-from prefetcher.errors import ConfigError, PullFailedError, RemoveFailedError, RuntimeUnavailableError
+from prefetcher.errors import (
+    ConfigError,
+    PullFailedError,
+    PullFailure,
+    RemoveFailedError,
+    RuntimeUnavailableError,
+)
 from prefetcher.ports import Credentials
 
 # The sockets kubelet and crictl look for, in their order; k3s embeds its own containerd.
@@ -135,22 +141,22 @@ def socket_problem(endpoint: str, *, connect: bool) -> str | None:
     return None
 
 
-def classify_pull_error(status: str, details: str) -> str:
+def classify_pull_error(status: str, details: str) -> PullFailure:
     """A bounded reason for a failed pull from the gRPC status name and the runtime's message."""
     text = details.lower()
     if any(marker in text for marker in _NO_SPACE_MARKERS):
-        return "no_space"
+        return PullFailure.NO_SPACE
     if status == "DEADLINE_EXCEEDED":
-        return "timeout"
+        return PullFailure.TIMEOUT
     if status == "CANCELLED":
-        return "cancelled"
+        return PullFailure.CANCELLED
     if status in ("UNAUTHENTICATED", "PERMISSION_DENIED") or any(
         marker in text for marker in _UNAUTHORIZED_MARKERS
     ):
-        return "unauthorized"
+        return PullFailure.UNAUTHORIZED
     if status == "NOT_FOUND" or any(marker in text for marker in _NOT_FOUND_MARKERS):
-        return "not_found"
-    return "error"
+        return PullFailure.NOT_FOUND
+    return PullFailure.ERROR
 
 
 def _unavailable(endpoint: str, method: str, err: grpc.RpcError, timeout: float | None) -> str:
@@ -187,7 +193,7 @@ class CriPull:
         except grpc.FutureTimeoutError as err:
             raise TimeoutError(f"pull of {self._ref} still running") from err
         except grpc.FutureCancelledError as err:
-            raise PullFailedError(f"pull of {self._ref} cancelled", reason="cancelled") from err
+            raise PullFailedError(f"pull of {self._ref} cancelled", reason=PullFailure.CANCELLED) from err
         except grpc.RpcError as err:
             raise self._translate(err) from err
         return response.image_ref
@@ -203,7 +209,7 @@ class CriPull:
                 _unavailable(self._endpoint, "PullImage", err, self._timeout_seconds)
             )
         reason = classify_pull_error(code.name, details)
-        if reason == "timeout":
+        if reason == PullFailure.TIMEOUT:
             details = f"not finished within {self._timeout_seconds}s"
         return PullFailedError(f"pull of {self._ref} failed ({reason}): {details}", reason=reason)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
+from enum import StrEnum
 from pathlib import Path
 from typing import Generic, TypeVar
 
@@ -15,6 +16,14 @@ from prefetcher.errors import ConfigError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+class ReloadOutcome(StrEnum):
+    """What became of a changed file: the ``outcome`` label of ``prefetcher_config_reloads_total``."""
+
+    SUCCESS = "success"
+    INVALID = "invalid"  # read but rejected: the last good version stays
+    ERROR = "error"  # could not be read: the last good version stays
 
 
 def read_config_file(path: Path) -> str:
@@ -47,7 +56,7 @@ class WatchedFile(Generic[T]):
     """
 
     def __init__(
-        self, path: Path, parse: Callable[[str], T], *, on_reload: Callable[[str, str], None]
+        self, path: Path, parse: Callable[[str], T], *, on_reload: Callable[[ReloadOutcome, str], None]
     ) -> None:
         self._path = path
         self._parse = parse
@@ -60,7 +69,7 @@ class WatchedFile(Generic[T]):
         try:
             data = read_document(self._path)
         except ConfigError as err:
-            self._report("error", f"{err}; keeping the last good version")
+            self._report(ReloadOutcome.ERROR, f"{err}; keeping the last good version")
             return self._value
         if data == self._data:
             return self._value
@@ -69,13 +78,13 @@ class WatchedFile(Generic[T]):
             self._value = self._parse(decode_document(data, self._path))
         except ConfigError as err:
             message = str(err) if str(err).startswith(str(self._path)) else f"{self._path}: {err}"
-            self._report("invalid", f"{message}; keeping the last good version")
+            self._report(ReloadOutcome.INVALID, f"{message}; keeping the last good version")
             return self._value
-        self._report("success", f"reloaded {self._path}")
+        self._report(ReloadOutcome.SUCCESS, f"reloaded {self._path}")
         return self._value
 
-    def _report(self, outcome: str, message: str) -> None:
-        (log.info if outcome == "success" else log.error)("%s", message)
+    def _report(self, outcome: ReloadOutcome, message: str) -> None:
+        (log.info if outcome is ReloadOutcome.SUCCESS else log.error)("%s", message)
         self._on_reload(outcome, message)
 
 

@@ -16,7 +16,7 @@ from prefetcher.agent.keychain import Keychain, Keys
 from prefetcher.config import Config
 from prefetcher.core.model import Pull
 from prefetcher.core.units import format_bytes
-from prefetcher.errors import PullFailedError, RuntimeUnavailableError
+from prefetcher.errors import PullFailedError, PullFailure, RuntimeUnavailableError
 from prefetcher.ports import Clock, DiskProbe, ImageRuntime, PullHandle
 
 log = logging.getLogger(__name__)
@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class PullOutcome:
-    """A finished pull: ``error`` is None on success."""
+    """A finished pull: ``error`` is None on success, else ``reason`` labels the failure."""
 
     model_ref: str
     sources: tuple[str, ...]
@@ -32,7 +32,7 @@ class PullOutcome:
     cost_bytes: int
     seconds: float
     error: str | None = None
-    reason: str = ""
+    reason: PullFailure = PullFailure.ERROR
     image_size_bytes: int = 0
 
 
@@ -113,11 +113,11 @@ class PullTracker:
             elif now - flight.last_progress > stall_seconds:
                 flight.handle.cancel()
                 error = f"no progress on the image filesystem for {stall_seconds:.0f}s; pull cancelled"
-                outcomes.append(self._outcome(flight, now, error=error, reason="stalled"))
+                outcomes.append(self._outcome(flight, now, error=error, reason=PullFailure.STALLED))
             elif over_budget and used - flight.used_at_start > flight.pull.cost_bytes:
                 flight.handle.cancel()
                 error = _outgrown(used - flight.used_at_start, flight.pull.cost_bytes, limit_bytes or 0)
-                outcomes.append(self._outcome(flight, now, error=error, reason="over_budget"))
+                outcomes.append(self._outcome(flight, now, error=error, reason=PullFailure.OVER_BUDGET))
             else:
                 continue
             del self._active[ref]
@@ -133,10 +133,10 @@ class PullTracker:
         except PullFailedError as err:
             return self._outcome(flight, now, error=str(err), reason=err.reason)
         except RuntimeUnavailableError as err:
-            return self._outcome(flight, now, error=str(err), reason="runtime_unavailable")
+            return self._outcome(flight, now, error=str(err), reason=PullFailure.RUNTIME_UNAVAILABLE)
         if image is None:
             error = f"pull of {ref} finished but the runtime does not list the image"
-            return self._outcome(flight, now, error=error, reason="error")
+            return self._outcome(flight, now, error=error, reason=PullFailure.ERROR)
         observed = used - flight.used_at_start
         clean = flight.alone and ref not in self._interrupted and observed >= image.size_bytes
         estimate = int(image.size_bytes * flight.unpack_factor)
@@ -146,7 +146,7 @@ class PullTracker:
         return PullOutcome(ref, sources, image.id, cost, seconds, image_size_bytes=image.size_bytes)
 
     @staticmethod
-    def _outcome(flight: _InFlight, now: float, *, error: str, reason: str) -> PullOutcome:
+    def _outcome(flight: _InFlight, now: float, *, error: str, reason: PullFailure) -> PullOutcome:
         model, error = flight.pull.model, flight.keys.explain(error)
         return PullOutcome(model.ref.canonical(), model.sources, "", 0, now - flight.started, error, reason)
 

@@ -61,11 +61,3 @@ class HealthServer:
 def _probe(check: Callable[[], tuple[bool, str]]) -> tuple[int, str, bytes]:
     ok, detail = check()
     return (200 if ok else 503), "text/plain", (detail + "\n").encode()
-
-
-def parse_address(text: str) -> tuple[str, int]:
-    """``host:port`` (``:8080`` means all interfaces) into a bind address."""
-    host, _, port = text.rpartition(":")
-    if not port.isdigit():
-        raise ValueError(f"listen address {text!r} is not host:port")
-    return host.strip("[]") or "0.0.0.0", int(port)

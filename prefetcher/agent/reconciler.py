@@ -39,7 +39,7 @@ from prefetcher.core.model import (
 )
 from prefetcher.core.state import AgentState, BackoffEntry
 from prefetcher.core.units import format_bytes
-from prefetcher.errors import PrefetchError
+from prefetcher.errors import PrefetchError, PullFailure
 from prefetcher.metrics import Metrics
 from prefetcher.ports import Clock, DiskProbe, EventSink, ImageRuntime, ModelSource, PullSecrets, Registry
 
@@ -259,7 +259,7 @@ class Reconciler:
         sources: tuple[str, ...],
         *,
         failed: dict[str, str] | None,
-        reason: str = "unresolved",
+        reason: PullFailure = PullFailure.UNRESOLVED,
     ) -> None:
         policy = BackoffPolicy(cfg.pull.backoff_base_seconds, cfg.pull.backoff_max_seconds)
         previous = self._state.backoff.get(ref)

@@ -18,8 +18,10 @@ from fractions import Fraction
 from typing import Any
 
 from prefetcher.core import nodefit
+from prefetcher.core.lenient import mapping, mappings
 from prefetcher.core.model import ModelRequest
 from prefetcher.core.nodefit import Constraints, NodeInfo
+from prefetcher.core.quantity import parse_quantity
 from prefetcher.core.refs import IMAGE_SCHEMES, parse_reference
 from prefetcher.errors import InvalidReferenceError
 
@@ -107,7 +109,7 @@ def extract_models(
     priority_annotation: str = PRIORITY_ANNOTATION,
 ) -> IsvcModels:
     """The compact record of an InferenceService as the API returns it (JSON-decoded)."""
-    metadata, spec = _mapping(isvc.get("metadata")), _mapping(isvc.get("spec"))
+    metadata, spec = mapping(isvc.get("metadata")), mapping(isvc.get("spec"))
     problems: list[Problem] = []
     base = _priority(metadata, priority_annotation, default_priority, problems)
     built = (
@@ -154,22 +156,22 @@ def _component(
         uris=uris,
         constraints=constraints_from(name, spec, problems),
         service_account=_text(spec.get("serviceAccountName")),
-        image_pull_secrets=tuple(_text(s.get("name")) for s in _mappings(spec.get("imagePullSecrets"))),
+        image_pull_secrets=tuple(_text(s.get("name")) for s in mappings(spec.get("imagePullSecrets"))),
         min_replicas=min_replicas,
         priority=base + (boost if min_replicas == 0 else 0),
     )
 
 
 def _uri_candidates(spec: Mapping[str, Any]) -> Iterator[object]:
-    yield _mapping(spec.get("model")).get("storageUri")
+    yield mapping(spec.get("model")).get("storageUri")
     for framework in FRAMEWORKS:
-        yield _mapping(spec.get(framework)).get("storageUri")
-    for container in _mappings(spec.get("containers")):
+        yield mapping(spec.get(framework)).get("storageUri")
+    for container in mappings(spec.get("containers")):
         if container.get("name") == SERVING_CONTAINER:
-            for env in _mappings(container.get("env")):
+            for env in mappings(container.get("env")):
                 if env.get("name") == STORAGE_URI_ENV:
                     yield env.get("value")
-    for entry in _mappings(spec.get("storageUris")):
+    for entry in mappings(spec.get("storageUris")):
         yield entry.get("uri")
 
 
@@ -190,12 +192,12 @@ def _image_uris(component: str, spec: Mapping[str, Any], problems: list[Problem]
 
 def constraints_from(component: str, spec: Mapping[str, Any], problems: list[Problem]) -> Constraints:
     """The scheduling constraints of a component's pod spec; bad quantities go to ``problems``."""
-    selector = _mapping(spec.get("nodeSelector"))
-    affinity = _mapping(_mapping(spec.get("affinity")).get("nodeAffinity"))
+    selector = mapping(spec.get("nodeSelector"))
+    affinity = mapping(mapping(spec.get("affinity")).get("nodeAffinity"))
     required = affinity.get("requiredDuringSchedulingIgnoredDuringExecution")
     terms = None
     if isinstance(required, Mapping):
-        terms = tuple(_term(t) for t in _mappings(required.get("nodeSelectorTerms")))
+        terms = tuple(_term(t) for t in mappings(required.get("nodeSelectorTerms")))
     tolerations = tuple(
         nodefit.Toleration(
             _text(t.get("key")),
@@ -203,7 +205,7 @@ def constraints_from(component: str, spec: Mapping[str, Any], problems: list[Pro
             _text(t.get("value")),
             _text(t.get("effect")),
         )
-        for t in _mappings(spec.get("tolerations"))
+        for t in mappings(spec.get("tolerations"))
     )
     return Constraints(
         node_selector=tuple(sorted((_text(k), _text(v)) for k, v in selector.items())),
@@ -221,7 +223,7 @@ def _term(term: Mapping[str, Any]) -> nodefit.Term:
                 _text(r.get("operator")),
                 tuple(_text(v) for v in r.get("values") or () if isinstance(v, str)),
             )
-            for r in _mappings(term.get(key))
+            for r in mappings(term.get(key))
         )
 
     return nodefit.Term(requirements("matchExpressions"), requirements("matchFields"))
@@ -234,12 +236,12 @@ def _extended_resources(
     # name describes it too, so per container take the larger value, then sum over containers.
     sources = [(SERVING_CONTAINER, spec.get("model"))]
     sources += [(SERVING_CONTAINER, spec.get(framework)) for framework in FRAMEWORKS]
-    containers = enumerate(_mappings(spec.get("containers")))
+    containers = enumerate(mappings(spec.get("containers")))
     sources += [(_text(c.get("name")) or f"#{i}", c) for i, c in containers]
     per_container: dict[str, dict[str, Fraction]] = {}
     for container, container_spec in sources:
         wanted = per_container.setdefault(container, {})
-        for resource, quantity in _requests(component, _mapping(container_spec), problems):
+        for resource, quantity in _requests(component, mapping(container_spec), problems):
             wanted[resource] = max(wanted.get(resource, quantity), quantity)
     totals: dict[str, Fraction] = {}
     for resource, quantity in (item for w in per_container.values() for item in w.items()):
@@ -250,22 +252,22 @@ def _extended_resources(
 def _requests(
     component: str, container: Mapping[str, Any], problems: list[Problem]
 ) -> Iterator[tuple[str, Fraction]]:
-    resources = _mapping(container.get("resources"))
+    resources = mapping(container.get("resources"))
     # A limit alone on an extended resource is also its request (core/v1 defaulting).
-    merged = {**_mapping(resources.get("limits")), **_mapping(resources.get("requests"))}
+    merged = {**mapping(resources.get("limits")), **mapping(resources.get("requests"))}
     for name, quantity in merged.items():
         resource = str(name)
         # IsExtendedResourceName (k8s.io/api/core/v1/helper): domain-prefixed and not native.
         if "/" not in resource or "kubernetes.io/" in resource or resource.startswith("requests."):
             continue
         try:
-            yield sys.intern(resource), nodefit.parse_quantity(str(quantity))
+            yield sys.intern(resource), parse_quantity(str(quantity))
         except ValueError as error:
             problems.append(Problem("InvalidSpec", f"{component}: {resource}: {error}"))
 
 
 def _priority(metadata: Mapping[str, Any], annotation: str, default: int, problems: list[Problem]) -> int:
-    value = _mapping(metadata.get("annotations")).get(annotation)
+    value = mapping(metadata.get("annotations")).get(annotation)
     if value is None:
         return default
     if isinstance(value, str) and _INTEGER.fullmatch(text := value.strip()):
@@ -288,12 +290,3 @@ def _min_replicas(component: str, value: object, problems: list[Problem]) -> int
 def _text(value: object) -> str:
     # Interned: label keys, values and names repeat across thousands of records.
     return sys.intern(value) if isinstance(value, str) else ""
-
-
-def _mapping(value: object) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
-
-
-def _mappings(value: object) -> Iterator[Mapping[str, Any]]:
-    if isinstance(value, list):
-        yield from (item for item in value if isinstance(item, Mapping))

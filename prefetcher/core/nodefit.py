@@ -12,59 +12,18 @@ method of core/v1.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
+from prefetcher.core.lenient import mapping, mappings
+from prefetcher.core.quantity import format_quantity, parse_quantity
 from prefetcher.errors import ConfigError
 
-_QUANTITY = re.compile(
-    r"([+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))(?:(Ki|Mi|Gi|Ti|Pi|Ei|[mkMGTPE])|[eE]([+-]?[0-9]+))?"
-)
-_SUFFIXES = {
-    "": Fraction(1), "m": Fraction(1, 1000),
-    "k": Fraction(10**3), "M": Fraction(10**6), "G": Fraction(10**9),
-    "T": Fraction(10**12), "P": Fraction(10**15), "E": Fraction(10**18),
-    "Ki": Fraction(2**10), "Mi": Fraction(2**20), "Gi": Fraction(2**30),
-    "Ti": Fraction(2**40), "Pi": Fraction(2**50), "Ei": Fraction(2**60),
-}  # fmt: skip
-_MAX_EXPONENT = 1000  # bounds the work done on a hostile "1e999999999"
 _INT64 = re.compile(r"[+-]?[0-9]+")
 _SCHEDULING_EFFECTS = frozenset({"NoSchedule", "NoExecute"})
 SELECTOR_OPERATORS = frozenset({"In", "NotIn", "Exists", "DoesNotExist"})
-
-
-def parse_quantity(text: str) -> Fraction:
-    """The exact value of a Kubernetes quantity such as ``2``, ``500m``, ``1.5Gi`` or ``1e3``."""
-    match = _QUANTITY.fullmatch(text) if isinstance(text, str) else None
-    if match is None:
-        raise ValueError(f"invalid quantity {text!r}")
-    number, suffix, exponent = match.groups()
-    value = Fraction(number)
-    if exponent is None:
-        return value * _SUFFIXES[suffix or ""]
-    power = int(exponent)
-    if abs(power) > _MAX_EXPONENT:
-        raise ValueError(f"quantity exponent out of range in {text!r}")
-    return value * Fraction(10) ** power
-
-
-def format_quantity(value: Fraction) -> str:
-    """A plain decimal form of ``value`` that ``parse_quantity`` reads back exactly."""
-    sign, value = ("-", -value) if value < 0 else ("", value)
-    denominator = value.denominator
-    twos = (denominator & -denominator).bit_length() - 1
-    rest, fives = denominator >> twos, 0
-    while rest % 5 == 0:
-        rest, fives = rest // 5, fives + 1
-    if rest != 1:
-        raise ValueError(f"{value} has no finite decimal form")
-    digits = max(twos, fives)
-    scaled = str(value.numerator * 10**digits // denominator).rjust(digits + 1, "0")
-    if not digits:
-        return sign + scaled
-    return f"{sign}{scaled[:-digits]}.{scaled[-digits:]}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,14 +194,14 @@ def _affinity_reason(terms: tuple[Term, ...], node: NodeInfo) -> str:
 
 def node_info_from(node: Mapping[str, Any]) -> NodeInfo:
     """Build a NodeInfo from a core/v1 Node as the API returns it (JSON-decoded)."""
-    metadata, spec, status = (_mapping(node.get(k)) for k in ("metadata", "spec", "status"))
-    labels = {str(k): str(v) for k, v in _mapping(metadata.get("labels")).items()}
+    metadata, spec, status = (mapping(node.get(k)) for k in ("metadata", "spec", "status"))
+    labels = {str(k): str(v) for k, v in mapping(metadata.get("labels")).items()}
     taints = tuple(
         Taint(str(t.get("key", "")), str(t.get("value") or ""), str(t.get("effect", "")))
-        for t in _mappings(spec.get("taints"))
+        for t in mappings(spec.get("taints"))
     )
     allocatable: dict[str, Fraction] = {}
-    for name, quantity in _mapping(status.get("allocatable")).items():
+    for name, quantity in mapping(status.get("allocatable")).items():
         try:
             allocatable[str(name)] = parse_quantity(str(quantity))
         except ValueError:
@@ -254,9 +213,9 @@ def selector_requirements(selector: Mapping[str, Any]) -> tuple[Requirement, ...
     """Requirements of a plain ``{label: value}`` map or a ``matchLabels``/``matchExpressions``."""
     if not _is_label_selector(selector):
         return tuple(Requirement(str(k), "In", (str(v),)) for k, v in selector.items())
-    plain = _mapping(selector.get("matchLabels"))
+    plain = mapping(selector.get("matchLabels"))
     requirements = [Requirement(str(k), "In", (str(v),)) for k, v in plain.items()]
-    for expression in _mappings(selector.get("matchExpressions")):
+    for expression in mappings(selector.get("matchExpressions")):
         key, op = str(expression.get("key", "")), str(expression.get("operator", ""))
         values = tuple(str(v) for v in expression.get("values") or ())
         if op not in SELECTOR_OPERATORS:
@@ -279,11 +238,3 @@ def _is_label_selector(selector: Mapping[str, Any]) -> bool:
         isinstance(selector.get(key), kind)
         for key, kind in (("matchLabels", Mapping), ("matchExpressions", list))
     )
-
-
-def _mapping(value: object) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
-
-
-def _mappings(value: object) -> Iterable[Mapping[str, Any]]:
-    return [item for item in value if isinstance(item, Mapping)] if isinstance(value, list) else []

@@ -7,7 +7,13 @@ from dataclasses import dataclass, field
 
 from prefetcher.core.model import CachedImage, DiskState, ModelRequest
 from prefetcher.core.refs import ImageRef
-from prefetcher.errors import CredentialsError, PullFailedError, RegistryError, RuntimeUnavailableError
+from prefetcher.errors import (
+    CredentialsError,
+    PullFailedError,
+    PullFailure,
+    RegistryError,
+    RuntimeUnavailableError,
+)
 from prefetcher.ports import Credentials, ResolvedImage
 
 
@@ -60,7 +66,7 @@ class FakePull:
     def result(self, timeout_seconds: float | None = None) -> str:
         """The image id, or the failure."""
         if self.cancelled:
-            raise PullFailedError(f"pull of {self.ref} cancelled", reason="cancelled")
+            raise PullFailedError(f"pull of {self.ref} cancelled", reason=PullFailure.CANCELLED)
         if isinstance(self.outcome, Exception):
             raise self.outcome
         assert self.outcome is not None, "result() before done()"

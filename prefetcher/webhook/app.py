@@ -27,12 +27,12 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from prefetcher.webhook.config import WebhookConfig
-from prefetcher.webhook.handler import handle_review
+from prefetcher.webhook.handler import Outcome, handle_review
 from prefetcher.webhook.metrics import WebhookMetrics
 
 log = logging.getLogger(__name__)
 LARGE_BODY_BYTES = 256 * 1024
-_LOGGED_OUTCOMES = frozenset({"mutated", "denied", "invalid", "error"})
+_LOGGED_OUTCOMES = frozenset({Outcome.MUTATED, Outcome.DENIED, Outcome.INVALID, Outcome.ERROR})
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -132,7 +132,7 @@ class AdmissionApp:
             message = answer["status"]["message"] if "status" in answer else ""
             log.info("review %s: %s %s", _quoted(answer.get("uid", "")), outcome, _quoted(message))
 
-    def _decide(self, body: bytes | bytearray) -> tuple[dict[str, Any], str]:
+    def _decide(self, body: bytes | bytearray) -> tuple[dict[str, Any], Outcome]:
         return handle_review(body, config=self._config)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:

@@ -15,7 +15,7 @@ Choices for input that is not a Pod CREATE the webhook can act on:
   the builder, so such an error is the pod's shape meeting a check the builder lacks: a 4xx, as
   every answer here, never a 5xx (which reads as the webhook being down).
 
-The outcome label returned with every response is one of ``OUTCOMES``, bounded for metrics.
+The outcome label returned with every response is an ``Outcome``, bounded for metrics.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Mapping
+from enum import StrEnum
 from typing import Any
 
 from prefetcher.webhook.config import WebhookConfig
@@ -30,11 +31,21 @@ from prefetcher.webhook.patch import Mutation, build_patch
 
 API_VERSION = "admission.k8s.io/v1"
 KIND = "AdmissionReview"
-OUTCOMES = ("mutated", "unchanged", "ignored", "denied", "invalid", "error")
 # The API server truncates longer warnings; keep ours whole and printable.
 MAX_WARNING_CHARS = 240
 MAX_MESSAGE_CHARS = 1024
 Response = dict[str, Any]
+
+
+class Outcome(StrEnum):
+    """What became of a review: the bounded ``outcome`` label of the request metric."""
+
+    MUTATED = "mutated"
+    UNCHANGED = "unchanged"
+    IGNORED = "ignored"
+    DENIED = "denied"
+    INVALID = "invalid"
+    ERROR = "error"
 
 
 class _Invalid(Exception):
@@ -43,18 +54,18 @@ class _Invalid(Exception):
         self.uid = uid
 
 
-def handle_review(body: bytes | bytearray, *, config: WebhookConfig) -> tuple[Response, str]:
+def handle_review(body: bytes | bytearray, *, config: WebhookConfig) -> tuple[Response, Outcome]:
     """The AdmissionReview response to ``body`` and its outcome label; never raises."""
     try:
         request = _parse(body)
     except _Invalid as invalid:
-        return review(invalid.uid, allowed=False, code=400, message=str(invalid)), "invalid"
+        return review(invalid.uid, allowed=False, code=400, message=str(invalid)), Outcome.INVALID
     uid = request["uid"]
     try:
         return _decide(request, uid, config)
     except Exception as error:  # the contract is "never raises": report the bug instead
         message = f"cannot wire this pod: {type(error).__name__}: {error}"
-        return review(uid, allowed=False, code=400, message=message), "error"
+        return review(uid, allowed=False, code=400, message=message), Outcome.ERROR
 
 
 def _parse(body: bytes | bytearray) -> Mapping[str, Any]:
@@ -76,7 +87,7 @@ def _parse(body: bytes | bytearray) -> Mapping[str, Any]:
     return request
 
 
-def _decide(request: Mapping[str, Any], uid: str, config: WebhookConfig) -> tuple[Response, str]:
+def _decide(request: Mapping[str, Any], uid: str, config: WebhookConfig) -> tuple[Response, Outcome]:
     kind = request.get("kind")
     resource = request.get("resource")
     is_pod = (
@@ -87,22 +98,24 @@ def _decide(request: Mapping[str, Any], uid: str, config: WebhookConfig) -> tupl
     )
     if not is_pod:
         warning = f"modelcar-prefetcher only wires core/v1 Pods; got {_describe(kind)}, left unchanged"
-        return review(uid, allowed=True, warnings=[warning]), "ignored"
+        return review(uid, allowed=True, warnings=[warning]), Outcome.IGNORED
     if request.get("operation") != "CREATE" or request.get("subResource"):
-        return review(uid, allowed=True), "ignored"
+        return review(uid, allowed=True), Outcome.IGNORED
     pod = request.get("object")
     if not isinstance(pod, dict):
-        return review(uid, allowed=False, code=400, message="Pod CREATE review has no object"), "invalid"
+        message = "Pod CREATE review has no object"
+        return review(uid, allowed=False, code=400, message=message), Outcome.INVALID
     return _respond(uid, build_patch(pod=pod, config=config))
 
 
-def _respond(uid: str, mutation: Mutation) -> tuple[Response, str]:
+def _respond(uid: str, mutation: Mutation) -> tuple[Response, Outcome]:
     warnings = list(mutation.warnings)
     if mutation.denial is not None:
-        return review(uid, allowed=False, code=403, message=mutation.denial, warnings=warnings), "denied"
+        denied = review(uid, allowed=False, code=403, message=mutation.denial, warnings=warnings)
+        return denied, Outcome.DENIED
     if not mutation.patch:
-        return review(uid, allowed=True, warnings=warnings), "unchanged"
-    return review(uid, allowed=True, patch=list(mutation.patch), warnings=warnings), "mutated"
+        return review(uid, allowed=True, warnings=warnings), Outcome.UNCHANGED
+    return review(uid, allowed=True, patch=list(mutation.patch), warnings=warnings), Outcome.MUTATED
 
 
 def review(

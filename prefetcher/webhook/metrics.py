@@ -1,6 +1,6 @@
 """The webhook's Prometheus metrics, on an injected registry (the agent's live in ``prefetcher.metrics``).
 
-Labels are bounded: ``outcome`` is one of ``handler.OUTCOMES`` or ``rejected`` (a request the
+Labels are bounded: ``outcome`` is one of ``handler.Outcome`` or ``rejected`` (a request the
 server refused before the handler: wrong path, method, size, a malformed request or a timeout).
 """
 

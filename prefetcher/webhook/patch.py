@@ -26,7 +26,7 @@ from typing import Any
 from prefetcher.core.refs import parse_reference
 from prefetcher.errors import InvalidReferenceError
 from prefetcher.webhook import containers as build
-from prefetcher.webhook.config import WebhookConfig, check_model_path
+from prefetcher.webhook.config import AdmissionTagPolicy, ModelcarMode, WebhookConfig, check_model_path
 from prefetcher.webhook.initializer import STORAGE_INITIALIZER, replace_storage_initializer
 from prefetcher.webhook.podview import PodView, WiringError, canonical_path, mapping
 from prefetcher.webhook.security import Identity, plan_identity
@@ -78,7 +78,7 @@ def _build(pod: Mapping[str, Any], config: WebhookConfig) -> Mutation:
         return Mutation()
     image, pull_policy, warnings = _image(trigger, config)
     replaced: list[Op] = []
-    if not trigger.explicit and config.modelcar_mode != "image-volume":
+    if not trigger.explicit and config.modelcar_mode != ModelcarMode.IMAGE_VOLUME:
         replaced, view = replace_storage_initializer(
             view, annotation=trigger.annotation, uri=trigger.uri, model_path=trigger.model_path, config=config
         )
@@ -92,7 +92,7 @@ def _build(pod: Mapping[str, Any], config: WebhookConfig) -> Mutation:
         wanted = " or ".join(config.serving_containers) or "(none configured)"
         return Mutation(warnings=(f"no container named {wanted}: pod left unwired",))
     _check_conflicts(view, targets, trigger.model_path, config)
-    if config.modelcar_mode == "image-volume":
+    if config.modelcar_mode == ModelcarMode.IMAGE_VOLUME:
         volume = build.image_volume(config, image=image, pull_policy=pull_policy)
         ops = _extend("/spec/volumes", view.spec.get("volumes"), [volume])
         ops += _wire_containers(view, targets, trigger.model_path, config)
@@ -131,7 +131,7 @@ def _already_wired(view: PodView, config: WebhookConfig) -> bool:
     if config.modelcar_container_name in view.all_names:
         return True
     volume = view.volume(config.volume_name)
-    return config.modelcar_mode == "image-volume" and volume is not None and "image" in volume
+    return config.modelcar_mode == ModelcarMode.IMAGE_VOLUME and volume is not None and "image" in volume
 
 
 def _image(trigger: _Trigger, config: WebhookConfig) -> tuple[str, str | None, list[str]]:
@@ -142,7 +142,7 @@ def _image(trigger: _Trigger, config: WebhookConfig) -> tuple[str, str | None, l
     image = trigger.uri.strip()[len(OCI_SCHEME) :]
     if ref.pinned:
         return image, "IfNotPresent", []
-    if config.tag_policy == "allow":
+    if config.tag_policy == AdmissionTagPolicy.ALLOW:
         return image, None, []
     latest = ref.tag is None or ref.tag == "latest"
     problem = (
@@ -150,7 +150,7 @@ def _image(trigger: _Trigger, config: WebhookConfig) -> tuple[str, str | None, l
         + (" (no tag or :latest is pulled again on every start)" if latest else "")
         + "; use oci://<image>@sha256:<digest> so nodes cache exactly one image"
     )
-    if config.tag_policy == "deny":
+    if config.tag_policy == AdmissionTagPolicy.DENY:
         raise WiringError(problem)
     return image, None, [problem]
 
@@ -180,7 +180,7 @@ def _targets(trigger: _Trigger, view: PodView, config: WebhookConfig) -> list[in
 
 
 def _check_conflicts(view: PodView, targets: list[int], model_path: str, config: WebhookConfig) -> None:
-    sidecar = config.modelcar_mode != "image-volume"
+    sidecar = config.modelcar_mode != ModelcarMode.IMAGE_VOLUME
     if sidecar and config.init_container_name in view.all_names:
         raise WiringError(f"pod already has a container named {config.init_container_name}")
     volume = view.volume(config.volume_name)
@@ -224,7 +224,7 @@ def _sidecar_ops(
     ops += _set_identity(view, identity)
     has_seccomp = "seccompProfile" in view.pod_security()
     security = build.security_context(config, uid=identity.uid, gid=identity.gid, pod_has_seccomp=has_seccomp)
-    native = config.modelcar_mode == "native-sidecar"
+    native = config.modelcar_mode == ModelcarMode.NATIVE_SIDECAR
     init = build.init_container(config, image=image, pull_policy=pull_policy, security=security)
     modelcar = build.modelcar_container(
         config,
@@ -242,7 +242,7 @@ def _sidecar_ops(
 
 
 def _wire_containers(view: PodView, targets: list[int], model_path: str, config: WebhookConfig) -> list[Op]:
-    image_volume = config.modelcar_mode == "image-volume"
+    image_volume = config.modelcar_mode == ModelcarMode.IMAGE_VOLUME
     mount = build.server_mount(config, model_path=model_path, image_volume=image_volume)
     ops: list[Op] = []
     for index in targets:

@@ -31,6 +31,7 @@ from hypercorn.config import Config as HypercornConfig
 from hypercorn.config import Sockets
 from hypercorn.typing import ASGIFramework
 
+from prefetcher.core.address import parse_host_port
 from prefetcher.errors import ConfigError
 from prefetcher.webhook.app import AdmissionApp
 from prefetcher.webhook.config import WebhookConfig
@@ -143,7 +144,7 @@ class WebhookServer:
 
 def parse_listen(text: str) -> tuple[str, int]:
     """``HOST:PORT``, ``[V6]:PORT`` or ``:PORT`` (all IPv4 interfaces) as a bind address."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"listen address {text!r} is not HOST:PORT")
-    return host.strip("[]") or "0.0.0.0", int(port)
+    try:
+        return parse_host_port(text)
+    except ValueError as error:
+        raise ConfigError(f"listen address {text!r} is not HOST:PORT") from error

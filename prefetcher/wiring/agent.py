@@ -26,13 +26,14 @@ from prefetcher.adapters.docker_config import read_docker_config
 from prefetcher.adapters.files import FileModelSource, WatchedFile, read_config_file
 from prefetcher.adapters.registry import HttpRegistry
 from prefetcher.adapters.state import StateFile, StateLock
-from prefetcher.agent.health import HealthServer, parse_address
+from prefetcher.agent.health import HealthServer
 from prefetcher.agent.reconciler import Reconciler
 from prefetcher.agent.restart import RestartNotice
 from prefetcher.agent.runtime_support import LogEvents, SystemClock, configure_logging
 from prefetcher.agent.sources import MergedSource
 from prefetcher.agent.status import AgentStatus, PassReport, StatusBoard
 from prefetcher.config import Config, load_config, load_models
+from prefetcher.core.address import parse_host_port
 from prefetcher.core.model import Plan
 from prefetcher.core.state import AgentState
 from prefetcher.errors import ConfigError
@@ -100,7 +101,7 @@ def run_agent(options: AgentOptions) -> AgentRun:
     status = StatusBoard()
     try:
         server = HealthServer(
-            address=parse_address(cfg.listen_address),
+            address=parse_host_port(cfg.listen_address),
             registry=metrics.registry,
             live=lambda: (True, "ok"),
             ready=lambda: readiness(status.read()),

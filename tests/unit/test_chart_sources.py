@@ -15,8 +15,9 @@ from types import ModuleType
 
 import yaml
 
-from prefetcher.config import load_config
+from prefetcher.config import Config, load_config
 from prefetcher.config_schema import json_schema
+from prefetcher.webhook.config import WebhookConfig, load_webhook_config
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "deploy" / "helm" / "modelcar-prefetcher"
@@ -38,7 +39,14 @@ def test_every_generated_file_is_up_to_date() -> None:
 
 def test_the_schema_of_config_is_the_agents_own() -> None:
     schema = json.loads((CHART / "values.schema.json").read_text())
-    assert schema["properties"]["config"] == json_schema()
+    assert schema["properties"]["config"] == json_schema(Config)
+
+
+def test_the_schema_of_webhook_config_is_the_webhooks_own_and_its_values_load() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    assert schema["properties"]["webhook"]["properties"]["config"] == json_schema(WebhookConfig)
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert load_webhook_config(yaml.safe_dump(values["webhook"]["config"])) == WebhookConfig()
 
 
 def test_the_charts_config_values_are_the_kustomize_agent_yaml_and_load() -> None:

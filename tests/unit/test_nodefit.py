@@ -19,13 +19,12 @@ from prefetcher.core.nodefit import (
     Term,
     Toleration,
     fits,
-    format_quantity,
     node_info_from,
     node_matches_selector,
-    parse_quantity,
     requirement_holds,
     tolerates,
 )
+from prefetcher.core.quantity import format_quantity, parse_quantity
 from prefetcher.errors import ConfigError
 
 NODE = NodeInfo(

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from prefetcher.webhook.config import WebhookConfig
-from prefetcher.webhook.handler import OUTCOMES, handle_review
+from prefetcher.webhook.handler import Outcome, handle_review
 from tests.support.admission import admission_review
 from tests.unit.test_webhook_jsonpatch import apply_patch
 
@@ -36,7 +36,7 @@ def pod_review(uid: str = "0b7c-uid", pod: Any = None, **request: Any) -> dict[s
 def check_response(document: Any, outcome: str, *, uid: str | None = None) -> dict[str, Any]:
     """Assert ``document`` is a valid AdmissionReview v1 response; return its ``response``."""
     json.dumps(document, allow_nan=False)  # serializable as the server sends it
-    assert outcome in OUTCOMES
+    assert outcome in set(Outcome)
     assert document["apiVersion"] == "admission.k8s.io/v1" and document["kind"] == "AdmissionReview"
     response = document["response"]
     assert set(response) <= {"uid", "allowed", "status", "patch", "patchType", "warnings"}
