@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.test_kube_source import apply_isvc, create_node, gpu_predictor, unique
 from tests.support.agent_process import agent_config, run_agent_once, running_agent
 from tests.support.apiserver import ApiServer
 from tests.support.containerd import ContainerdFactory, RunningContainerd
+from tests.support.kube_objects import apply_isvc, create_node, gpu_predictor, unique
 from tests.support.oci import push_modelcar
 from tests.support.pods import ContainerSpec, CriPods
 from tests.support.projected import ProjectedFile

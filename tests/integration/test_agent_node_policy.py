@@ -16,9 +16,9 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from prefetcher.adapters.kube_api import api_client
-from tests.integration.test_agent_rbac import DEPLOY, apply_agent_rbac, can
-from tests.integration.test_kube_source import create_node, unique
+from tests.support.agent_rbac import DEPLOY, apply_agent_rbac, can
 from tests.support.apiserver import ApiServer, ControlPlaneError
+from tests.support.kube_objects import create_node, unique
 
 pytestmark = pytest.mark.integration
 NAMESPACE = "modelcar-prefetcher"

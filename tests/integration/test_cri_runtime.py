@@ -19,7 +19,8 @@ from prefetcher.errors import PullFailedError, RuntimeUnavailableError
 from prefetcher.ports import Credentials
 from tests.support.containerd import ContainerdFactory, RunningContainerd
 from tests.support.oci import PushedImage, push_modelcar
-from tests.support.pods import ContainerSpec, CriPods, wait_for
+from tests.support.pods import ContainerSpec, CriPods
+from tests.support.polling import eventually
 from tests.support.registry import RunningRegistry, start_registry
 
 pytestmark = pytest.mark.integration
@@ -212,7 +213,7 @@ def test_a_pull_larger_than_the_disk_fails_no_space_and_leaves_no_residue(
 
         assert error.reason == "no_space", str(error)
         assert cri.image_status(image.ref) is None
-        wait_for(
+        eventually(
             lambda: _used_bytes(daemon.root) <= baseline + 4 * MiB,
             timeout_seconds=30,
             what=f"containerd to discard the partial pull (baseline {baseline} bytes)",

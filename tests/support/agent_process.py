@@ -24,7 +24,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.containerd import RunningContainerd
-from tests.support.pods import wait_for
+from tests.support.polling import eventually
 from tests.support.registry import free_port
 
 AGENT_TIMEOUT_SECONDS = 300
@@ -114,7 +114,7 @@ class AgentProcess:
             return probe()
 
         try:
-            return wait_for(checked, timeout_seconds=timeout_seconds, what=what)
+            return eventually(checked, timeout_seconds=timeout_seconds, what=what)
         except AssertionError as err:
             raise AssertionError(f"{err}\nagent log:\n{self.log()[-4000:]}") from err
 
