@@ -24,7 +24,7 @@ from prefetcher.core.refs import ImageRef, parse_reference
 from prefetcher.ports import Credentials, ImageRuntime, Registry, ResolvedImage
 from prefetcher.testing.fakes import FakeDisk, FakeRegistry, FakeRuntime
 from tests.support.containerd import ContainerdFactory, RunningContainerd
-from tests.support.oci import push_modelcar
+from tests.support.oci import PushedImage, push_modelcar
 from tests.support.pods import ContainerSpec, CriPods
 from tests.support.registry import RunningRegistry, free_port
 from tests.support.registry_proxy import gated_proxy
@@ -79,6 +79,16 @@ def _fake_image(host: str, name: str) -> Published:
     return Published(f"{host}/contract/{name}@{digest}", f"{host}/contract/{name}:v1", digest, 4096)
 
 
+def _push(registry: RunningRegistry, name: str, *, model_size_bytes: int = 0) -> PushedImage:
+    """A modelcar whose content, hence image id, belongs to this contract case alone."""
+    files = {"port-contract.txt": f"{name}\n".encode()}
+    return push_modelcar(registry, f"contract/{name}", files=files, model_size_bytes=model_size_bytes)
+
+
+def _published(pushed: PushedImage) -> Published:
+    return Published(pushed.ref, pushed.tag_ref, pushed.digest, pushed.size_bytes)
+
+
 class FakeRuntimeSide:
     """``FakeRuntime`` over a fake disk."""
 
@@ -125,9 +135,7 @@ class CriRuntimeSide:
         self.runtime = stack.enter_context(CriImageRuntime(self._containerd.endpoint))
 
     def publish(self, name: str) -> Published:
-        files = {"name.txt": f"{name}\n".encode()}  # content, hence image id, of this test alone
-        pushed = push_modelcar(self._registry, f"contract/{name}", files=files)
-        return Published(pushed.ref, pushed.tag_ref, pushed.digest, pushed.size_bytes)
+        return _published(_push(self._registry, name))
 
     def absent(self, name: str) -> str:
         return f"{self._registry.host}/contract/{name}:v1"
@@ -144,8 +152,7 @@ class CriRuntimeSide:
 
     @contextmanager
     def held(self, name: str) -> Iterator[str]:
-        files = {"name.txt": f"{name}\n".encode()}
-        pushed = push_modelcar(self._registry, f"contract/{name}", files=files, model_size_bytes=2 * MIB)
+        pushed = _push(self._registry, name, model_size_bytes=2 * MIB)
         with gated_proxy(self._registry, pushed.layer_digests[-1], hold_after=MIB) as proxy:
             self._containerd.trust_registry(proxy.host)
             yield f"{proxy.host}/{pushed.repository}@{pushed.digest}"
@@ -201,9 +208,7 @@ class HttpRegistrySide:
         return running
 
     def publish(self, name: str, *, private: bool = False) -> Published:
-        files = {"name.txt": f"{name}\n".encode()}
-        pushed = push_modelcar(self._registry(private), f"contract/{name}", files=files)
-        return Published(pushed.ref, pushed.tag_ref, pushed.digest, pushed.size_bytes)
+        return _published(_push(self._registry(private), name))
 
     def client(self, *, private: bool = False, configured: Credentials | None = None) -> Registry:
         host = self.host(private=private)
