@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from kubernetes import client
@@ -36,7 +36,6 @@ from tests.support.polling import eventually
 
 pytestmark = pytest.mark.integration
 
-T = TypeVar("T")
 DIGEST = "sha256:" + "cd" * 32
 GPU_URI = f"oci://registry.example.com/models/llama@{DIGEST}"
 CPU_URI = f"oci://registry.example.com/models/small@{DIGEST}"
