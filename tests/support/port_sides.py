@@ -51,27 +51,36 @@ class RuntimeSide(Protocol):
 
     runtime: ImageRuntime
 
-    def publish(self, name: str) -> Published: ...
+    def publish(self, name: str) -> Published:
+        """Make an image of its own available under ``name``."""
 
-    def absent(self, name: str) -> str: ...
+    def absent(self, name: str) -> str:
+        """A reference to an image nobody published."""
 
-    def used(self, image: Published) -> AbstractContextManager[None]: ...
+    def used(self, image: Published) -> AbstractContextManager[None]:
+        """Keep ``image`` (pulled already) in use by a running container for the block."""
 
-    def held(self, name: str) -> AbstractContextManager[str]: ...
+    def held(self, name: str) -> AbstractContextManager[str]:
+        """A reference whose pull stays under way for the block."""
 
-    def down(self) -> ImageRuntime: ...
+    def down(self) -> ImageRuntime:
+        """A runtime of this kind that cannot be reached."""
 
 
 class RegistrySide(Protocol):
     """One side of the registry contract."""
 
-    def publish(self, name: str, *, private: bool = False) -> Published: ...
+    def publish(self, name: str, *, private: bool = False) -> Published:
+        """Make an image of its own available under ``name``; ``private``: only to ``GOOD``."""
 
-    def client(self, *, private: bool = False, configured: Credentials | None = None) -> Registry: ...
+    def client(self, *, private: bool = False, configured: Credentials | None = None) -> Registry:
+        """The port, configured with ``configured`` credentials for the (private) registry."""
 
-    def host(self, *, private: bool = False) -> str: ...
+    def host(self, *, private: bool = False) -> str:
+        """The (private) registry's host."""
 
-    def unreachable(self) -> tuple[Registry, ImageRef]: ...
+    def unreachable(self) -> tuple[Registry, ImageRef]:
+        """A port whose registry does not answer, and a reference on it."""
 
 
 def _fake_image(host: str, name: str) -> Published:
