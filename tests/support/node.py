@@ -98,7 +98,7 @@ class NodeCluster:
         parts += [("kubelet", self.kubelet.log_tail(lines)), ("containerd", self.containerd.log_tail(lines))]
         return "\n".join(f"--- {name} ---\n{tail}" for name, tail in parts)
 
-    def eventually(
+    def wait_for(
         self, probe: Callable[[], _T | None], *, what: str, timeout_seconds: float = POD_READY_TIMEOUT_SECONDS
     ) -> _T:
         """Poll ``probe`` until it returns a truthy value; on timeout fail with the daemons' logs."""
