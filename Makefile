@@ -2,7 +2,7 @@
 PY ?= .venv/bin/python
 APT_PACKAGES := containerd runc docker-registry busybox-static buildah mmdebstrap
 
-.PHONY: deps venv k8s-assets kserve-assets chart-tools proto lint test test-unit demo bench clean
+.PHONY: deps venv bench-venv k8s-assets kserve-assets chart-tools proto lint test test-unit demo bench clean
 
 deps: venv ## system packages (root) and the Python environment
 	@command -v containerd >/dev/null && command -v docker-registry >/dev/null && command -v runc >/dev/null \
@@ -14,6 +14,11 @@ venv: .venv/.installed
 	python3 -m venv .venv
 	.venv/bin/pip install -q -U pip
 	.venv/bin/pip install -q -e '.[dev]'
+	touch $@
+
+bench-venv: .venv/.bench-installed ## the Python environment plus what bench/ alone needs (psutil)
+.venv/.bench-installed: .venv/.installed
+	.venv/bin/pip install -q -e '.[dev,bench]'
 	touch $@
 
 k8s-assets: ## kube-apiserver, etcd, kubectl … for the integration tests (cached after the first build)
@@ -29,7 +34,7 @@ proto: venv ## regenerate the CRI stubs from proto/
 	bash hack/gen-proto.sh
 
 lint: venv
-	.venv/bin/ruff check prefetcher tests bench
+	.venv/bin/ruff check prefetcher tests bench hack
 	.venv/bin/mypy
 	.venv/bin/lint-imports --no-cache --no-logo
 
@@ -42,7 +47,7 @@ test-unit: venv
 demo: deps ## the agent on an embedded default: private registry + containerd, a sample modelcar, plan and result
 	$(PY) hack/demo.py
 
-bench: deps ## each prints its figures and the ratio to a baseline measured in the same run
+bench: deps bench-venv ## each prints its figures and the ratio to a baseline measured in the same run
 	$(PY) bench/planner_bench.py
 	$(PY) bench/idle_rss.py
 	$(PY) bench/pull_overhead.py

@@ -40,7 +40,7 @@ sys.path.insert(0, str(REPO))
 from prefetcher.adapters.cri import CriImageRuntime  # noqa: E402
 from tests.support.containerd import RunningContainerd, start_containerd  # noqa: E402
 from tests.support.oci import push_modelcar, push_sandbox_image  # noqa: E402
-from tests.support.pods import wait_for  # noqa: E402
+from tests.support.polling import eventually  # noqa: E402
 from tests.support.registry import RunningRegistry, free_port, start_registry  # noqa: E402
 
 MIB = 1024**2
@@ -171,7 +171,7 @@ def wait_settled(agent: subprocess.Popen[bytes], base: str, count: int, log_file
         warm = metric(text, 'prefetcher_models{state="warm"}') or 0
         return done > 0 and warm == count
 
-    wait_for(
+    eventually(
         settled, timeout_seconds=READY_TIMEOUT_SECONDS, what="the agent's first pass", interval_seconds=0.2
     )
 

@@ -58,12 +58,12 @@ from bench.idle_rss import (  # noqa: E402
 )
 from bench.isvc_objects import NODE_LABELS, Creator, background, isvc  # noqa: E402
 from prefetcher.adapters.cri import CriImageRuntime  # noqa: E402
-from tests.integration.test_kube_source import create_node  # noqa: E402
 from tests.support.apiserver import ApiServer, start_control_plane  # noqa: E402
 from tests.support.containerd import RunningContainerd  # noqa: E402
 from tests.support.kserve import install_isvc_crd  # noqa: E402
+from tests.support.kube_objects import create_node  # noqa: E402
 from tests.support.oci import PushedImage, push_modelcar  # noqa: E402
-from tests.support.pods import wait_for  # noqa: E402
+from tests.support.polling import eventually  # noqa: E402
 from tests.support.registry import RunningRegistry, free_port  # noqa: E402
 
 MIB = 1024**2
@@ -163,10 +163,10 @@ def measure_pulls(
         obj = isvc(f"team-{j % NAMESPACES:02d}", f"measured-{j:03d}", image.uri, placement="cpu")
         created = creator.create_isvc(obj)
         what = f"the pull of {image.ref}"
-        registry, called = wait_for(
+        registry, called = eventually(
             partial(observer.started, image), timeout_seconds=PULL_WAIT_SECONDS, what=what
         )
-        wait_for(partial(runtime.image_status, image.ref), timeout_seconds=PULL_WAIT_SECONDS, what=what)
+        eventually(partial(runtime.image_status, image.ref), timeout_seconds=PULL_WAIT_SECONDS, what=what)
         cri_latencies.append(called - created)
         registry_latencies.append(registry - created)
         print(f"  {image.repository}: PullImage {called - created:.3f}s, registry {registry - created:.3f}s")

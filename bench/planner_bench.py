@@ -34,7 +34,7 @@ sys.path.insert(0, str(REPO))
 from bench.webhook_latency import checkouts  # noqa: E402
 from prefetcher.core.model import Budget, CachedImage, DesiredModel, DiskState, ManagedImage  # noqa: E402
 from prefetcher.core.planner import plan  # noqa: E402
-from tests.unit.planner_inputs import GIB, cached_of, managed_of, model  # noqa: E402
+from tests.support.planner_inputs import GIB, cached_of, managed_of, model  # noqa: E402
 
 DESIRED = 10_000
 DUPLICATED = 500

@@ -42,7 +42,8 @@ class PullHandle(Protocol):
         """True once the pull finished, failed or was cancelled."""
 
     def result(self, timeout_seconds: float | None = None) -> str:
-        """The image id; raises ``PullFailedError`` or ``RuntimeUnavailableError``."""
+        """The image id; raises ``PullFailedError``, ``RuntimeUnavailableError``, or ``TimeoutError``
+        while the pull is still running after ``timeout_seconds``."""
 
     def cancel(self) -> None:
         """Abort the pull (the runtime discards partial content)."""

@@ -23,7 +23,6 @@ import os
 import socket
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import grpc
@@ -68,24 +67,6 @@ _UNAUTHORIZED_MARKERS = (
 )
 _NOT_FOUND_MARKERS = (": not found", "manifest unknown", "name unknown", "404 not found")
 _T = TypeVar("_T")
-
-
-@dataclass(frozen=True)
-class RuntimeVersion:
-    """What CRI ``Version`` reports."""
-
-    runtime_name: str
-    runtime_version: str
-    runtime_api_version: str
-
-
-@dataclass(frozen=True)
-class ImageFilesystem:
-    """One entry of CRI ``ImageFsInfo``: the runtime's own accounting, not the disk's usage."""
-
-    mountpoint: str
-    used_bytes: int
-    inodes_used: int
 
 
 def socket_path(endpoint: str) -> str:
@@ -293,31 +274,6 @@ class CriImageRuntime:
             names.update((container.image_ref, container.image_id, container.image.image))
         names.discard("")
         return frozenset(names)
-
-    def image_fs_info(self) -> list[ImageFilesystem]:
-        """The runtime's accounting of its image filesystems (0 until its first stats pass)."""
-        response: api_pb2.ImageFsInfoResponse = self._call(
-            "ImageFsInfo", self._images.ImageFsInfo, api_pb2.ImageFsInfoRequest()
-        )
-        return [
-            ImageFilesystem(
-                mountpoint=usage.fs_id.mountpoint,
-                used_bytes=usage.used_bytes.value,
-                inodes_used=usage.inodes_used.value,
-            )
-            for usage in response.image_filesystems
-        ]
-
-    def version(self) -> RuntimeVersion:
-        """The runtime's name and versions; a cheap liveness check."""
-        response: api_pb2.VersionResponse = self._call(
-            "Version", self._runtime.Version, api_pb2.VersionRequest(version="v1")
-        )
-        return RuntimeVersion(
-            runtime_name=response.runtime_name,
-            runtime_version=response.runtime_version,
-            runtime_api_version=response.runtime_api_version,
-        )
 
     def _call(self, method: str, rpc: Callable[..., _T], request: object) -> _T:
         """``_invoke`` with every gRPC error translated to ``RuntimeUnavailableError``."""

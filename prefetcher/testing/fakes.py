@@ -1,9 +1,13 @@
-"""Fakes of the ports: small, honest in-memory stand-ins used only by unit tests of pure logic."""
+"""Fakes of the ports: small, honest in-memory stand-ins used only by unit tests of pure logic.
+
+``FakeRuntime`` and ``FakeRegistry`` pass the same contract tests as the CRI adapter on a real
+containerd and the registry client on a real registry (tests/integration/test_port_contracts.py).
+"""
 
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from prefetcher.core.model import CachedImage, DiskState, ModelRequest
 from prefetcher.core.refs import ImageRef
@@ -64,12 +68,13 @@ class FakePull:
         return self.outcome is not None or self.cancelled
 
     def result(self, timeout_seconds: float | None = None) -> str:
-        """The image id, or the failure."""
+        """The image id, or the failure; ``TimeoutError`` while the pull is held (it never waits)."""
         if self.cancelled:
             raise PullFailedError(f"pull of {self.ref} cancelled", reason=PullFailure.CANCELLED)
         if isinstance(self.outcome, Exception):
             raise self.outcome
-        assert self.outcome is not None, "result() before done()"
+        if self.outcome is None:
+            raise TimeoutError(f"pull of {self.ref} still running")
         return self.outcome
 
     def cancel(self) -> None:
@@ -78,16 +83,22 @@ class FakePull:
 
 
 def image_id(ref: str) -> str:
-    """The fake runtime's image id for a reference."""
+    """The fake runtime's image id for a digest reference (``tags`` lead a tag to one)."""
     return "sha256:" + hashlib.sha256(ref.encode()).hexdigest()
 
 
 @dataclass
 class FakeRuntime:
-    """An image store: pulls finish at once unless ``held``; each costs ``sizes[ref]`` disk bytes."""
+    """An image store: pulls finish at once unless ``held``; each costs ``sizes[ref]`` disk bytes.
+
+    ``sizes`` holds the digest references the registry has, ``tags`` maps a tag reference to one
+    of them; a pull of anything else fails ``not_found``. While ``down`` every call raises
+    ``RuntimeUnavailableError``, as the CRI adapter does when the socket is missing.
+    """
 
     disk: FakeDisk
     sizes: dict[str, int] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
     images: dict[str, CachedImage] = field(default_factory=dict)
     in_use: set[str] = field(default_factory=set)
     failures: dict[str, Exception] = field(default_factory=dict)
@@ -106,8 +117,9 @@ class FakeRuntime:
         return list(self.images.values())
 
     def image_status(self, ref: str) -> CachedImage | None:
-        """The image known by ``ref``."""
-        return next((i for i in self.images.values() if ref in i.refs), None)
+        """The image known by ``ref`` (a name or an image id)."""
+        self._check()
+        return self.images.get(ref) or next((i for i in self.images.values() if ref in i.refs), None)
 
     def start_pull(self, ref: str, *, credentials: Credentials | None, timeout_seconds: float) -> FakePull:
         """Pull, finishing at once unless held."""
@@ -119,17 +131,28 @@ class FakeRuntime:
         return pull
 
     def finish(self, pull: FakePull) -> None:
-        """Complete ``pull`` (or fail it as configured)."""
+        """Complete ``pull`` (or fail it as configured, or as not found)."""
+        digest_ref = self.tags.get(pull.ref, pull.ref)
         if pull.ref in self.failures:
             pull.outcome = self.failures[pull.ref]
             return
-        new_id = image_id(pull.ref)
-        self.images[new_id] = CachedImage(new_id, (pull.ref,), (), self.sizes[pull.ref])
-        self.disk.used_bytes += self.sizes[pull.ref]
+        if digest_ref not in self.sizes:
+            failure = PullFailure.NOT_FOUND
+            pull.outcome = PullFailedError(f"pull of {pull.ref} failed ({failure})", reason=failure)
+            return
+        new_id = image_id(digest_ref)
+        old = self.images.get(new_id)
+        tags = (pull.ref,) if pull.ref != digest_ref else ()
+        if old is None:
+            self.images[new_id] = CachedImage(new_id, (digest_ref,), tags, self.sizes[digest_ref])
+            self.disk.used_bytes += self.sizes[digest_ref]
+        else:
+            self.images[new_id] = replace(old, repo_tags=tuple(dict.fromkeys(old.repo_tags + tags)))
         pull.outcome = new_id
 
     def remove_image(self, image_id: str) -> None:
         """Remove and free its bytes; an absent image is no error, as with CRI ``RemoveImage``."""
+        self._check()
         image = self.images.pop(image_id, None)
         if image is None:
             return
@@ -137,35 +160,45 @@ class FakeRuntime:
         self.removed.append(image_id)
 
     def images_in_use(self) -> frozenset[str]:
-        """Ids of images used by containers."""
+        """Ids and references of images used by containers."""
         self._check()
         return frozenset(self.in_use)
 
 
 @dataclass
 class FakeRegistry:
-    """Resolves references from a table; ``errors`` maps a reference to the error to raise."""
+    """Resolves references from a table (keyed by ``ImageRef.canonical()``), as a registry would.
+
+    ``errors`` maps a reference to the error to raise; a ``protected`` reference needs its
+    credentials; ``credentials`` are the configured ones per registry host, used when a call
+    passes none; while ``down`` nothing answers.
+    """
 
     table: dict[str, ResolvedImage] = field(default_factory=dict)
     errors: dict[str, RegistryError] = field(default_factory=dict)
     lookups: list[str] = field(default_factory=list)
     protected: dict[str, Credentials] = field(default_factory=dict)
+    credentials: dict[str, Credentials] = field(default_factory=dict)
+    down: bool = False
 
     def resolve(self, ref: ImageRef, *, credentials: Credentials | None = None) -> ResolvedImage:
-        """Look the reference up; a ``protected`` one needs its credentials, as a registry would."""
+        """Look the reference up; ``credentials`` replace the configured ones for this call."""
         key = ref.canonical()
         self.lookups.append(key)
+        if self.down:
+            raise RegistryError(f"registry {ref.registry}: cannot connect (fake registry is down)")
         if key in self.errors:
             raise self.errors[key]
-        if key in self.protected and credentials != self.protected[key]:
+        creds = credentials if credentials is not None else self.credentials_for(ref.registry)
+        if key in self.protected and creds != self.protected[key]:
             raise RegistryError(f"{key}: HTTP 401 unauthorized", status=401)
         if key not in self.table:
             raise RegistryError(f"{key}: manifest unknown", status=404)
         return self.table[key]
 
     def credentials_for(self, registry: str) -> Credentials | None:
-        """No credentials."""
-        return None
+        """Credentials configured for a registry host, if any."""
+        return self.credentials.get(registry)
 
 
 @dataclass

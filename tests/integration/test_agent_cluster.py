@@ -8,15 +8,14 @@ InferenceService, and lifts its node's start-up taint once the node is warm.
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.integration.test_kube_source import apply_isvc, create_node, gpu_predictor, unique
-from tests.support.agent_process import agent_config, run_agent_once, running_agent
+from tests.support.agent_process import agent_config, run_cluster_agent, running_agent
 from tests.support.apiserver import ApiServer
 from tests.support.containerd import ContainerdFactory, RunningContainerd
+from tests.support.kube_objects import apply_isvc, create_node, gpu_predictor, unique
 from tests.support.oci import push_modelcar
 from tests.support.pods import ContainerSpec, CriPods
 from tests.support.projected import ProjectedFile
@@ -26,26 +25,6 @@ pytestmark = pytest.mark.integration
 TAINT = "modelcar-prefetcher.io/warming"
 
 
-def run_agent(
-    apiserver: ApiServer,
-    containerd: RunningContainerd,
-    registry: RunningRegistry,
-    workdir: Path,
-    node: str,
-    *extra: str,
-    namespace: str,
-) -> subprocess.CompletedProcess[str]:
-    config = workdir / f"agent-{node}.yaml"
-    settings = agent_config(
-        containerd,
-        [registry.host],
-        workdir,
-        stateFile=str(workdir / f"state-{node}.json"),
-        # Only this test's namespace: other tests leave InferenceServices naming unreachable registries.
-        kubernetes={"startupTaint": TAINT, "namespaces": [namespace]},
-    )
-    config.write_text(json.dumps(settings))
-    return run_agent_once(config, node=node, kubeconfig=apiserver.kubeconfig, extra=extra)
 
 
 def test_gpu_model_warms_only_on_the_gpu_node_with_events_and_the_taint_lifted(
@@ -63,11 +42,11 @@ def test_gpu_model_warms_only_on_the_gpu_node_with_events_and_the_taint_lifted(
     apiserver.kubectl("taint", "node", gpu_node, f"{TAINT}=true:NoSchedule")
     apply_isvc(apiserver, namespace, "llm", gpu_predictor(image.uri, minReplicas=0))
 
-    on_cpu = run_agent(apiserver, containerd, registry, tmp_path, cpu_node, namespace=namespace)
+    on_cpu = run_cluster_agent(apiserver, containerd, registry, tmp_path, cpu_node, namespace=namespace)
     assert on_cpu.returncode == 0, on_cpu.stderr
     assert image.ref not in containerd.image_refs(), "a GPU model was pulled on a node without GPUs"
 
-    on_gpu = run_agent(apiserver, containerd, registry, tmp_path, gpu_node, namespace=namespace)
+    on_gpu = run_cluster_agent(apiserver, containerd, registry, tmp_path, gpu_node, namespace=namespace)
     assert on_gpu.returncode == 0, on_gpu.stderr
     assert image.ref in containerd.image_refs()
     assert f"warm     {image.ref}" in on_gpu.stdout
@@ -99,7 +78,7 @@ def test_the_models_file_is_kept_warm_beside_inferenceservices(
     models = tmp_path / "models.yaml"
     models.write_text(json.dumps({"models": [{"uri": listed.uri, "priority": 5}]}))
 
-    result = run_agent(
+    result = run_cluster_agent(
         apiserver,
         containerd,
         registry,

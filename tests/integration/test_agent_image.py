@@ -65,18 +65,20 @@ def test_prefetcher_version_runs_in_containerd(
     assert (code, output) == (0, f"prefetcher {__version__}\n")
 
 
-def test_the_image_holds_no_pip_or_compilers(
+def test_the_image_holds_no_pip_compilers_or_benchmark_tools(
     agent_image: AgentImage, containerd: RunningContainerd, tmp_path: Path
 ) -> None:
-    # The venv's python3 comes first on PATH; /usr/bin/python3 is Debian's.
+    # The venv's python3 comes first on PATH; /usr/bin/python3 is Debian's. psutil is bench/'s alone.
     script = (
         "id -u; "
         "python3 -c 'import pip' 2>&1 | tail -n 1; "
         "/usr/bin/python3 -c 'import pip' 2>&1 | tail -n 1; "
+        "python3 -c 'import psutil' 2>&1 | tail -n 1; "
         "for tool in pip pip3 gcc cc c++ make; do command -v $tool || echo no $tool; done"
     )
     spec = ContainerSpec(name="agent-contents", image=agent_image.ref, command=["sh", "-c", script])
     code, output = _run(containerd, tmp_path, spec)
     no_pip = "ModuleNotFoundError: No module named 'pip'"
+    no_psutil = "ModuleNotFoundError: No module named 'psutil'"
     tools = [f"no {tool}" for tool in ("pip", "pip3", "gcc", "cc", "c++", "make")]
-    assert (code, output.splitlines()) == (0, [str(NONROOT_UID), no_pip, no_pip, *tools])
+    assert (code, output.splitlines()) == (0, [str(NONROOT_UID), no_pip, no_pip, no_psutil, *tools])

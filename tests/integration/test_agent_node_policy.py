@@ -16,9 +16,16 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from prefetcher.adapters.kube_api import api_client
-from tests.integration.test_agent_rbac import DEPLOY, apply_agent_rbac, can
-from tests.integration.test_kube_source import create_node, unique
+from tests.support.agent_rbac import (
+    DEPLOY,
+    agent_pod_on,
+    agent_token,
+    apply_agent_rbac,
+    can,
+    token_kubeconfig,
+)
 from tests.support.apiserver import ApiServer, ControlPlaneError
+from tests.support.kube_objects import create_node, unique
 
 pytestmark = pytest.mark.integration
 NAMESPACE = "modelcar-prefetcher"
@@ -26,52 +33,12 @@ SUMMARY = "modelcar-prefetcher.io/summary"
 STARTUP = "modelcar-prefetcher.io/warming"
 
 
-def token_kubeconfig(apiserver: ApiServer, token: str, name: str) -> Path:
-    path = apiserver.workdir / f"{name}.kubeconfig"
-    path.write_text(
-        json.dumps(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [
-                    {
-                        "name": "t",
-                        "cluster": {"server": apiserver.url, "certificate-authority": str(apiserver.ca_file)},
-                    }
-                ],
-                "users": [{"name": "t", "user": {"token": token}}],
-                "contexts": [{"name": "t", "context": {"cluster": "t", "user": "t"}}],
-                "current-context": "t",
-            }
-        )
-    )
-    return path
-
 
 def claims(token: str) -> dict[str, object]:
     payload = token.split(".")[1]
     return dict(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4))))
 
 
-def agent_pod_on(apiserver: ApiServer, node: str) -> str:
-    """A Pod of the agent's ServiceAccount bound to ``node`` (as the DaemonSet's pod would be)."""
-    name = unique("agent")
-    pod = {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {"name": name, "namespace": NAMESPACE},
-        "spec": {
-            "serviceAccountName": "modelcar-prefetcher",
-            "nodeName": node,
-            "containers": [{"name": "agent", "image": "modelcar-prefetcher:test"}],
-        },
-    }
-    apiserver.kubectl("apply", "-f", "-", input=json.dumps(pod))
-    return name
-
-
-def agent_token(apiserver: ApiServer, *bound: str) -> str:
-    return apiserver.kubectl("create", "token", "modelcar-prefetcher", "-n", NAMESPACE, *bound).strip()
 
 
 def patch(apiserver: ApiServer, kubeconfig: Path, node: str, body: object, kind: str = "merge") -> str:

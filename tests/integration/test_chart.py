@@ -20,9 +20,8 @@ from cryptography import x509
 
 from prefetcher.config import load_config, reference_rows
 from prefetcher.errors import ConfigError
-from tests.integration.test_deploy_cluster import flatten
 from tests.support.helm import CHART, NAMESPACE, REPO, run, template, template_result
-from tests.support.manifests import one, render
+from tests.support.manifests import flatten, one, render
 
 pytestmark = pytest.mark.integration
 

@@ -31,7 +31,6 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.test_kube_source import apply_isvc
 from tests.support.agent_deploy import (
     AGENT_READY_TIMEOUT_SECONDS,
     IMAGE_FS_MB,
@@ -42,6 +41,7 @@ from tests.support.agent_deploy import (
 from tests.support.agent_image import AgentImage
 from tests.support.cluster import NodeClusterFactory
 from tests.support.helm import CHART, NAMESPACE, RELEASE, run, values_file
+from tests.support.kube_objects import apply_isvc
 from tests.support.node import NodeCluster, condition
 from tests.support.oci import push_modelcar
 from tests.support.registry import RunningRegistry, free_port

@@ -20,13 +20,11 @@ from typing import Any
 
 import pytest
 
-from tests.integration.test_agent_cluster import run_agent
-from tests.integration.test_agent_node_policy import agent_pod_on, agent_token, token_kubeconfig
-from tests.integration.test_agent_rbac import DEPLOY, apply_agent_rbac
-from tests.integration.test_kube_source import apply_isvc, create_node, gpu_predictor, unique
-from tests.support.agent_process import agent_config, running_agent
+from tests.support.agent_process import agent_config, run_cluster_agent, running_agent
+from tests.support.agent_rbac import DEPLOY, agent_pod_on, agent_token, apply_agent_rbac, token_kubeconfig
 from tests.support.apiserver import ApiServer
 from tests.support.containerd import RunningContainerd
+from tests.support.kube_objects import apply_isvc, create_node, gpu_predictor, unique
 from tests.support.oci import push_modelcar
 from tests.support.registry import RunningRegistry
 
@@ -82,8 +80,8 @@ def test_status_counts_each_model_by_node_state_in_json_tables_and_through_kubec
     cpu_node = create_node(apiserver)
     apply_isvc(apiserver, namespace, "llm", gpu_predictor(image.uri))
     apply_isvc(apiserver, namespace, "lost", {"model": {"storageUri": MISSING}})
-    for node in [*gpu_nodes, cpu_node]:
-        run_agent(apiserver, containerd, registry, tmp_path, node, namespace=namespace)  # "lost" fails
+    for node in [*gpu_nodes, cpu_node]:  # "lost" fails on every node
+        run_cluster_agent(apiserver, containerd, registry, tmp_path, node, namespace=namespace)
 
     reader = status_reader(apiserver)
     doc = json.loads(status(reader, "-n", namespace, "-o", "json"))

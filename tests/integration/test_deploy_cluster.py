@@ -44,7 +44,6 @@ from kubernetes import client
 
 from prefetcher.adapters.cri import CriImageRuntime
 from prefetcher.adapters.kube_api import api_client
-from tests.integration.test_kube_source import apply_isvc
 from tests.support.agent_deploy import (
     AGENT_READY_TIMEOUT_SECONDS,
     BASE,
@@ -64,11 +63,12 @@ from tests.support.agent_deploy import (
 )
 from tests.support.agent_image import AgentImage
 from tests.support.cluster import NodeClusterFactory
+from tests.support.kube_objects import apply_isvc
 from tests.support.kubelet import KubeletOptions
-from tests.support.manifests import one, render
+from tests.support.manifests import flatten, one, render
 from tests.support.node import NodeCluster, condition
 from tests.support.oci import push_modelcar
-from tests.support.pods import wait_for
+from tests.support.polling import eventually
 from tests.support.registry import RunningRegistry
 
 pytestmark = pytest.mark.integration
@@ -86,23 +86,6 @@ OVERRIDES = frozenset(
         "spec.template.spec.volumes.state.hostPath.path",
     }
 )
-
-
-def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
-    """``{"a.0.b": leaf}`` for every leaf; list items that have a ``name`` are keyed by it.
-
-    A strategic merge patch reorders named items (containers, volumes), which changes nothing.
-    """
-    if isinstance(value, dict):
-        items: Any = value.items()
-    elif isinstance(value, list):
-        items = [(i["name"] if isinstance(i, dict) and "name" in i else n, i) for n, i in enumerate(value)]
-    else:
-        return {prefix: value}
-    flat: dict[str, Any] = {}
-    for key, item in items:
-        flat |= flatten(item, f"{prefix}.{key}" if prefix else str(key))
-    return flat
 
 
 def changed(base: dict[str, Any], overlay: dict[str, Any]) -> set[str]:
@@ -197,7 +180,7 @@ class Observer:
     def until_bound(self) -> None:
         """Look back to back until the pod is bound; fail with the daemons' logs on timeout."""
         try:
-            wait_for(
+            eventually(
                 lambda: self.look().bound,
                 timeout_seconds=AGENT_READY_TIMEOUT_SECONDS,
                 what="the serving pod bound",

@@ -39,7 +39,7 @@ from tests.support.cluster import NodeClusterFactory
 from tests.support.kubelet import KubeletOptions
 from tests.support.node import NodeCluster
 from tests.support.oci import PushedImage, push_modelcar
-from tests.support.pods import wait_for
+from tests.support.polling import eventually
 from tests.support.registry import RunningRegistry
 
 # One test: about 6 minutes, nearly all of it kubelet's 5-minute GC period.
@@ -133,7 +133,9 @@ def restart_and_await_gc(nodes: tuple[NodeCluster, ...]) -> list[str]:
         return current if all(periodic_gc_outcome(log) for log in current) else None
 
     try:
-        return wait_for(passed, timeout_seconds=GC_PASS_TIMEOUT_SECONDS, interval_seconds=2, what="GC passes")
+        return eventually(
+            passed, timeout_seconds=GC_PASS_TIMEOUT_SECONDS, interval_seconds=2, what="GC passes"
+        )
     except AssertionError as err:
         raise AssertionError("\n".join([str(err), *(node.log_tails() for node in nodes)])) from None
 

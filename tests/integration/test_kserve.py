@@ -65,7 +65,7 @@ from tests.support.oci import (
     push_image,
     push_sandbox_image,
 )
-from tests.support.pods import wait_for
+from tests.support.polling import eventually
 from tests.support.registry import RunningRegistry, free_port
 from tests.support.service_route import routed_service
 from tests.support.webhook import webhook_process
@@ -231,14 +231,16 @@ def kserve_deployment(node: NodeCluster, namespace: str, name: str, component: s
                 return dict(deployment)
         return None
 
-    deployment = wait_for(made, timeout_seconds=WAIT_SECONDS, what=f"KServe's Deployment {name}-{component}")
+    deployment = eventually(
+        made, timeout_seconds=WAIT_SECONDS, what=f"KServe's Deployment {name}-{component}"
+    )
     owners = deployment["metadata"].get("ownerReferences", [])
     assert [(o["kind"], o["name"]) for o in owners] == [("InferenceService", name)], owners
     return deployment
 
 
 def one_pod(node: NodeCluster, namespace: str, name: str, component: str) -> dict[str, Any]:
-    return wait_for(
+    return eventually(
         lambda: (component_pods(node, namespace, name, component) or [None])[0],
         timeout_seconds=WAIT_SECONDS,
         what=f"a {component} pod of {name}",
@@ -252,7 +254,7 @@ def prefetched(node: NodeCluster, namespace: str, name: str, ref: str) -> dict[s
         selector = f"involvedObject.kind=InferenceService,involvedObject.name={name},reason=Prefetched"
         return next((e for e in events(node, namespace, selector) if ref in e["message"]), None)
 
-    return wait_for(found, timeout_seconds=WAIT_SECONDS, what=f"the agent's Prefetched Event for {ref}")
+    return eventually(found, timeout_seconds=WAIT_SECONDS, what=f"the agent's Prefetched Event for {ref}")
 
 
 def release(node: NodeCluster, namespace: str, pod: str) -> None:
@@ -365,7 +367,7 @@ def test_kserve_wires_the_pod_and_the_agent_had_the_model_before_it_was_bound(
             )
         finally:
             node.kubectl("delete", "inferenceservice", "-n", namespace, name, "--wait=true", "--timeout=60s")
-            wait_for(
+            eventually(
                 lambda: not node.get("pods", "-n", namespace, "-l", ISVC_LABEL)["items"],
                 timeout_seconds=WAIT_SECONDS,
                 what=f"the pods of {namespace}/{name} gone",
@@ -442,7 +444,7 @@ def settle(node: NodeCluster, namespace: str, name: str, component: str) -> tupl
                 return wiring_of(pod), False, f"{status['name']}: {waiting['reason']}: {said}"
         return None
 
-    return wait_for(settled, timeout_seconds=SETTLE_SECONDS, what=f"{namespace}/{name}-{component} settled")
+    return eventually(settled, timeout_seconds=SETTLE_SECONDS, what=f"{namespace}/{name}-{component} settled")
 
 
 def observe_modes(
@@ -601,7 +603,7 @@ def test_a_node_joining_with_the_startup_taint_gets_kserve_pods_only_once_warm_a
             return bound, any(t["key"] == STARTUP_TAINT.key for t in taints), node_at
 
         seen = [looked()]
-        wait_for(
+        eventually(
             lambda: seen.append(looked()) or seen[-1][0],
             timeout_seconds=WAIT_SECONDS,
             what=f"KServe's pod {pod_name} bound",
@@ -621,7 +623,7 @@ def test_a_node_joining_with_the_startup_taint_gets_kserve_pods_only_once_warm_a
         assert f"start-up taint {STARTUP_TAINT.key} removed from node {node.node_name} (models warm)" in log
 
         node.kubectl("delete", "inferenceservice", "-n", namespace, name, "--wait=true", "--timeout=60s")
-        wait_for(
+        eventually(
             lambda: runtime.image_status(model.image.ref) is None,
             timeout_seconds=WAIT_SECONDS,
             what=f"the agent evicting {model.image.ref} after the InferenceService was deleted",

@@ -6,14 +6,13 @@ deadline until it shows the change, or the test fails with what it showed last.
 
 from __future__ import annotations
 
-import itertools
 import json
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from kubernetes import client
@@ -32,10 +31,11 @@ from prefetcher.adapters.kube_api import (
 from prefetcher.core.backoff import BackoffPolicy
 from prefetcher.errors import KubeError
 from tests.support.apiserver import ApiServer
+from tests.support.kube_objects import apply_isvc, create_node, gpu_predictor, unique
+from tests.support.polling import eventually
 
 pytestmark = pytest.mark.integration
 
-T = TypeVar("T")
 DIGEST = "sha256:" + "cd" * 32
 GPU_URI = f"oci://registry.example.com/models/llama@{DIGEST}"
 CPU_URI = f"oci://registry.example.com/models/small@{DIGEST}"
@@ -45,28 +45,6 @@ FAST = WatchSettings(
     page_size=2,  # several pages even for a handful of objects
     backoff=BackoffPolicy(base_seconds=0.2, max_seconds=2.0),
 )
-_names = itertools.count()
-
-
-def eventually(probe: Callable[[], T], check: Callable[[T], bool], *, timeout: float = 30.0) -> T:
-    """Poll ``probe`` until ``check`` accepts its value or the deadline passes."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            value = probe()
-        except KubeError as error:  # not listed yet, or reconnecting
-            last = error
-        else:
-            if check(value):
-                return value
-            last = value
-        threading.Event().wait(0.05)
-    pytest.fail(f"condition not met within {timeout}s; last value: {last!r}")
-
-
-def unique(prefix: str) -> str:
-    return f"{prefix}-{time.time_ns() % 10**8}-{next(_names)}"
 
 
 @pytest.fixture
@@ -81,35 +59,6 @@ def api(apiserver: ApiServer) -> Iterator[Any]:
     api = api_client(kubeconfig=str(apiserver.kubeconfig))
     yield api
     api.close()
-
-
-def create_node(apiserver: ApiServer, *, labels: dict[str, str] | None = None, gpus: int = 0) -> str:
-    name = unique("node")
-    node = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels or {}}}
-    apiserver.kubectl("apply", "-f", "-", input=json.dumps(node))
-    allocatable = {"cpu": "8", "memory": "32Gi", "pods": "110"} | (
-        {"nvidia.com/gpu": str(gpus)} if gpus else {}
-    )
-    status = {"status": {"capacity": allocatable, "allocatable": allocatable}}
-    apiserver.kubectl("patch", "node", name, "--subresource=status", "--type=merge", "-p", json.dumps(status))
-    # Admission taints a new Node not-ready; without a node controller, play the kubelet's part.
-    apiserver.kubectl("taint", "node", name, "node.kubernetes.io/not-ready:NoSchedule-")
-    return name
-
-
-def apply_isvc(apiserver: ApiServer, namespace: str, name: str, predictor: dict[str, Any]) -> None:
-    isvc = {
-        "apiVersion": "serving.kserve.io/v1beta1",
-        "kind": "InferenceService",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {"predictor": predictor},
-    }
-    apiserver.kubectl("apply", "-f", "-", input=json.dumps(isvc))
-
-
-def gpu_predictor(uri: str = GPU_URI, **extra: Any) -> dict[str, Any]:
-    model = {"modelFormat": {"name": "huggingface"}, "storageUri": uri}
-    return {"model": model | {"resources": {"limits": {"nvidia.com/gpu": "1"}}}, **extra}
 
 
 @pytest.fixture
@@ -137,14 +86,20 @@ def test_gpu_model_fits_only_the_node_with_gpu_allocatable(
     apiserver: ApiServer, namespace: str, start_source: Callable[..., IsvcModelSource]
 ) -> None:
     gpu_node, cpu_node = create_node(apiserver, gpus=1), create_node(apiserver)
-    apply_isvc(apiserver, namespace, "llm", gpu_predictor())
+    apply_isvc(apiserver, namespace, "llm", gpu_predictor(GPU_URI))
     apply_isvc(apiserver, namespace, "small", {"model": {"storageUri": CPU_URI}, "minReplicas": 0})
     apply_isvc(apiserver, namespace, "s3", {"model": {"storageUri": "s3://bucket/model"}})
     on_gpu = start_source(gpu_node, default_priority=10, scale_to_zero_boost=5)
     on_cpu = start_source(cpu_node)
     both = {("llm", GPU_URI), ("small", CPU_URI)}
-    eventually(lambda: requested(on_gpu, namespace), lambda got: got == both)
-    eventually(lambda: requested(on_cpu, namespace), lambda got: got == {("small", CPU_URI)})
+    eventually(
+        lambda: requested(on_gpu, namespace), until=lambda got: got == both, what="both on the GPU node"
+    )
+    eventually(
+        lambda: requested(on_cpu, namespace),
+        until=lambda got: got == {("small", CPU_URI)},
+        what="the small model alone on the CPU node",
+    )
     priorities = {r.uri: r.priority for r in on_gpu.requests() if r.source.startswith(f"isvc {namespace}/")}
     assert priorities == {GPU_URI: 10, CPU_URI: 15}
     excluded = [e for e in on_cpu.selection().excluded if e.source == f"isvc {namespace}/llm"]
@@ -155,16 +110,22 @@ def test_a_node_labelled_later_starts_fitting(
     apiserver: ApiServer, namespace: str, start_source: Callable[..., IsvcModelSource]
 ) -> None:
     node = create_node(apiserver, gpus=2)
-    apply_isvc(apiserver, namespace, "pinned", gpu_predictor(nodeSelector={"pool": "llm"}))
+    apply_isvc(apiserver, namespace, "pinned", gpu_predictor(GPU_URI, nodeSelector={"pool": "llm"}))
     source = start_source(node)
     selection = eventually(
-        source.selection, lambda s: any(e.source == f"isvc {namespace}/pinned" for e in s.excluded)
+        source.selection,
+        until=lambda s: any(e.source == f"isvc {namespace}/pinned" for e in s.excluded),
+        what="the pinned isvc excluded",
     )
     assert {e.reason for e in selection.excluded if e.source == f"isvc {namespace}/pinned"} == {
         "node lacks label pool=llm"
     }
     apiserver.kubectl("label", "node", node, "pool=llm")
-    eventually(lambda: requested(source, namespace), lambda got: got == {("pinned", GPU_URI)})
+    eventually(
+        lambda: requested(source, namespace),
+        until=lambda got: got == {("pinned", GPU_URI)},
+        what="the pinned isvc requested",
+    )
 
 
 def test_a_deleted_or_changed_isvc_disappears(
@@ -174,10 +135,14 @@ def test_a_deleted_or_changed_isvc_disappears(
     source = start_source(node)
     apply_isvc(apiserver, namespace, "a", {"model": {"storageUri": CPU_URI}})
     apply_isvc(apiserver, namespace, "b", {"storageUris": [{"uri": GPU_URI}]})
-    eventually(lambda: requested(source, namespace), lambda got: got == {("a", CPU_URI), ("b", GPU_URI)})
+    eventually(
+        lambda: requested(source, namespace),
+        until=lambda got: got == {("a", CPU_URI), ("b", GPU_URI)},
+        what="a and b requested",
+    )
     apiserver.kubectl("delete", "inferenceservice", "a", "-n", namespace, "--wait=false")
     apply_isvc(apiserver, namespace, "b", {"storageUris": [{"uri": "gs://bucket/model"}]})
-    eventually(lambda: requested(source, namespace), lambda got: got == set())
+    eventually(lambda: requested(source, namespace), until=lambda got: got == set(), what="nothing requested")
     assert not [r for r in source.records() if r.namespace == namespace]
 
 
@@ -193,7 +158,7 @@ def test_changes_are_announced_and_a_status_update_is_not(
 
     holder.append(start_source(create_node(apiserver), namespaces=[namespace], on_change=announce))
     apply_isvc(apiserver, namespace, "a", {"model": {"storageUri": CPU_URI}})
-    eventually(lambda: list(seen), lambda got: got == [frozenset({"a"})])
+    eventually(lambda: list(seen), until=lambda got: got == [frozenset({"a"})], what="a seen")
     ready = {"type": "Ready", "status": "False"}
     status = json.dumps({"status": {"url": "http://a.example", "conditions": [ready]}})
     apiserver.kubectl(
@@ -201,7 +166,7 @@ def test_changes_are_announced_and_a_status_update_is_not(
     )
     apply_isvc(apiserver, namespace, "b", {"model": {"storageUri": GPU_URI}})
     # One watch delivers in order: had the status update been announced, {"a"} would come twice.
-    eventually(lambda: list(seen), lambda got: got[-1:] == [frozenset({"a", "b"})])
+    eventually(lambda: list(seen), until=lambda got: got[-1:] == [frozenset({"a", "b"})], what="a and b seen")
     assert seen == [frozenset({"a"}), frozenset({"a", "b"})]
 
 
@@ -211,15 +176,23 @@ def test_the_watch_carries_on_after_an_api_server_restart(
     node = create_node(apiserver)
     source = start_source(node)
     apply_isvc(apiserver, namespace, "before", {"model": {"storageUri": CPU_URI}})
-    eventually(lambda: requested(source, namespace), lambda got: got == {("before", CPU_URI)})
+    eventually(
+        lambda: requested(source, namespace),
+        until=lambda got: got == {("before", CPU_URI)},
+        what="before requested",
+    )
     apiserver.restart()
     assert requested(source, namespace) == {("before", CPU_URI)}  # kept while reconnecting
     apply_isvc(apiserver, namespace, "after", {"model": {"storageUri": GPU_URI}})
     apiserver.kubectl("label", "node", node, "seen=after-restart")
     eventually(
-        lambda: requested(source, namespace), lambda got: got == {("before", CPU_URI), ("after", GPU_URI)}
+        lambda: requested(source, namespace),
+        until=lambda got: got == {("before", CPU_URI), ("after", GPU_URI)},
+        what="before and after requested once the API server is back",
     )
-    eventually(source.node, lambda n: n is not None and n.labels.get("seen") == "after-restart")
+    eventually(
+        source.node, until=lambda n: n.labels.get("seen") == "after-restart", what="the relabelled node"
+    )
 
 
 def test_only_configured_namespaces_are_watched(
@@ -231,7 +204,11 @@ def test_only_configured_namespaces_are_watched(
     apply_isvc(apiserver, namespace, "mine", {"model": {"storageUri": CPU_URI}})
     apply_isvc(apiserver, other, "theirs", {"model": {"storageUri": GPU_URI}})
     source = start_source(node, namespaces=[namespace])
-    eventually(lambda: {r.source for r in source.requests()}, lambda got: got == {f"isvc {namespace}/mine"})
+    eventually(
+        lambda: {r.source for r in source.requests()},
+        until=lambda got: got == {f"isvc {namespace}/mine"},
+        what="only the watched namespace's isvc",
+    )
 
 
 def events(apiserver: ApiServer, namespace: str, involved: str) -> list[dict[str, Any]]:
@@ -246,7 +223,9 @@ def test_events_are_created_and_repeats_aggregated(
     apply_isvc(apiserver, namespace, "bad", {"model": {"storageUri": "oci://registry.example.com/UPPER"}})
     recorder = EventRecorder(api, clock=_Clock(), host=node, window_seconds=600)
     source = start_source(node, recorder=recorder)
-    warnings = eventually(lambda: events(apiserver, namespace, "bad"), lambda got: len(got) == 1)
+    warnings = eventually(
+        lambda: events(apiserver, namespace, "bad"), until=lambda got: len(got) == 1, what="one warning"
+    )
     uid = json.loads(apiserver.kubectl("get", "inferenceservice", "bad", "-n", namespace, "-o", "json"))
     assert warnings[0]["reason"] == "InvalidModelURI"
     assert warnings[0]["type"] == "Warning"
@@ -331,7 +310,7 @@ def test_stop_interrupts_a_quiet_watch(api: Any, isvc_crd: str) -> None:
     thread = threading.Thread(target=watch.run)
     thread.start()
     assert watch.synced.wait(30)
-    eventually(lambda: watch._response is not None, bool)  # the watch is open and quiet
+    eventually(lambda: watch._response is not None, what="the watch open")  # the watch is open and quiet
     started = time.monotonic()
     watch.stop()
     thread.join(10)

@@ -15,7 +15,8 @@ import pytest
 
 from tests.support.containerd import RunningContainerd
 from tests.support.oci import PushedImage, push_modelcar, push_sandbox_image
-from tests.support.pods import ContainerSpec, CriPods, Mount, Sandbox, wait_for
+from tests.support.pods import ContainerSpec, CriPods, Mount, Sandbox
+from tests.support.polling import eventually
 from tests.support.registry import RunningRegistry
 
 pytestmark = pytest.mark.integration
@@ -63,7 +64,7 @@ def _start_modelcar(sandbox: Sandbox, model: PushedImage, mnt: Path) -> None:
         )
     )
     sandbox.wait_running(modelcar)
-    wait_for(
+    eventually(
         (mnt / "models").is_symlink,
         timeout_seconds=30,
         what=f"the modelcar to link /mnt/models (log: {sandbox.logs(modelcar)!r})",

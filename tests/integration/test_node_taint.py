@@ -12,8 +12,8 @@ from prefetcher.adapters.node_status import NodeSummary
 from prefetcher.adapters.node_taint import StartupTaint
 from prefetcher.errors import KubeError
 from prefetcher.testing.fakes import FakeClock
-from tests.integration.test_kube_source import create_node
 from tests.support.apiserver import ApiServer
+from tests.support.kube_objects import create_node
 from tests.support.registry import free_port
 
 pytestmark = pytest.mark.integration

@@ -22,11 +22,11 @@ from prefetcher.core.isvc import IsvcModels, extract_models
 from prefetcher.errors import CredentialsError
 from prefetcher.ports import Credentials
 from prefetcher.testing.fakes import FakeClock
-from tests.integration.test_agent_rbac import PULL_SECRETS_ROLE, agent_kubeconfig, apply_agent_rbac
-from tests.integration.test_kube_source import apply_isvc, create_node, unique
 from tests.support.agent_process import agent_config, run_agent_once
+from tests.support.agent_rbac import PULL_SECRETS_ROLE, agent_kubeconfig, apply_agent_rbac
 from tests.support.apiserver import ApiServer
 from tests.support.containerd import RunningContainerd
+from tests.support.kube_objects import apply_isvc, create_node, unique
 from tests.support.oci import push_modelcar
 from tests.support.registry import RunningRegistry, start_registry
 

@@ -21,9 +21,7 @@ import socket
 import ssl
 import subprocess
 import sys
-import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,23 +30,16 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.integration.test_webhook_server import PINNED, WebhookCA, pod_review
+from tests.support.polling import eventually
 from tests.support.registry import free_port
 from tests.support.webhook import REPO, WEBHOOK_CONFIG_FILE, until_closed
+from tests.support.webhook_server import PINNED, WebhookCA, pod_review
 
 pytestmark = pytest.mark.integration
 
 DEPLOYMENT = REPO / "deploy" / "webhook" / "base" / "deployment.yaml"
 DEADLINE_SECONDS = 30.0
 _UNITS = {"Ki": 1024, "Mi": 1024**2, "Gi": 1024**3}
-
-
-def poll(check: Callable[[], bool], what: str, deadline: float = DEADLINE_SECONDS) -> None:
-    end = time.monotonic() + deadline
-    while not check():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        threading.Event().wait(0.02)
 
 
 def memory_limit_bytes() -> int:
@@ -129,7 +120,7 @@ def running_webhook(directory: Path) -> Iterator[Running]:
             proc = subprocess.Popen(["setpriv", "--pdeathsig", "KILL", *argv], stdout=out, stderr=out)
         running = Running(proc, port, ca, log, cap)
         try:
-            poll(running.started, "a healthy /healthz")
+            eventually(running.started, what="a healthy /healthz")
         except AssertionError:
             proc.kill()
             proc.wait()
@@ -242,7 +233,7 @@ def test_the_listen_backlog_holds_a_burst_of_connections(webhook: Running) -> No
             _, writable, _ = select.select([], sockets, [], 0.1)
             return len(writable) == len(sockets)
 
-        poll(all_connected, "200 connections completed by the kernel", deadline=10)
+        eventually(all_connected, what="200 connections completed by the kernel", timeout_seconds=10)
         assert all(s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0 for s in sockets)
     finally:
         os.kill(webhook.proc.pid, signal.SIGCONT)
@@ -257,7 +248,9 @@ def test_sigterm_answers_the_review_in_flight_then_exits(webhook: Running) -> No
         tls.sendall(b"POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body))
         tls.sendall(body[:10])
         webhook.proc.send_signal(signal.SIGTERM)
-        poll(lambda: "webhook stopping" in webhook.log.read_text(), "the webhook to start stopping")
+        eventually(
+            lambda: "webhook stopping" in webhook.log.read_text(), what="the webhook to start stopping"
+        )
 
         def refused() -> bool:
             try:
@@ -266,7 +259,7 @@ def test_sigterm_answers_the_review_in_flight_then_exits(webhook: Running) -> No
                 return True
             return False
 
-        poll(refused, "the listener to close")
+        eventually(refused, what="the listener to close")
         tls.sendall(body[10:])
         answer = until_closed(tls)
     assert answer.startswith(b"HTTP/1.1 200")
@@ -286,7 +279,7 @@ def test_a_uid_cannot_forge_a_log_line(webhook: Running) -> None:
     finally:
         conn.close()
     assert status == 200 and review["response"]["allowed"] is False
-    poll(lambda: "denied" in webhook.log.read_text(), "the denial to be logged")
+    eventually(lambda: "denied" in webhook.log.read_text(), what="the denial to be logged")
     lines = webhook.log.read_text().splitlines()
     assert not [line for line in lines if line.startswith("review forged")]
     assert any('review "x\\nreview forged: mutated": denied' in line for line in lines), lines

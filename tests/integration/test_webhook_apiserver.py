@@ -15,8 +15,7 @@ import json
 import ssl
 import subprocess
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -25,9 +24,10 @@ import pytest
 from cryptography import x509
 
 from prefetcher.webhook.config import WebhookConfig
-from tests.integration.test_webhook_server import Served, start_server
 from tests.support.apiserver import ApiServer, Daemon
+from tests.support.polling import eventually
 from tests.support.webhook import register, rendered_webhook_config
+from tests.support.webhook_server import Served, start_server
 
 pytestmark = pytest.mark.integration
 
@@ -38,15 +38,6 @@ DEADLINE_SECONDS = 60.0
 CONFIG_NAME = "modelcar-prefetcher-webhook"
 
 WEBHOOK_NAMESPACE = "modelcar-prefetcher-webhook"
-
-def poll(check: Callable[[], Any], what: str, seconds: float = DEADLINE_SECONDS) -> Any:
-    deadline = time.monotonic() + seconds
-    while not (result := check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        threading.Event().wait(0.1)
-    return result
-
 
 def kubectl(apiserver: ApiServer, *args: str, input: str | None = None) -> subprocess.CompletedProcess[str]:
     """kubectl as the admin, returning stderr too (admission warnings are printed there)."""
@@ -256,7 +247,12 @@ def test_workload_pods_are_wired_through_their_controller(
     }
     result = create(apiserver, _workload(kind, "vllm", ns, annotations))
     assert result.returncode == 0, result.stderr
-    (pod,) = poll(lambda: _pods_of(apiserver, ns, "app=vllm"), f"the {kind}'s pod")
+    (pod,) = eventually(
+        lambda: _pods_of(apiserver, ns, "app=vllm"),
+        until=bool,
+        what=f"the {kind}'s pod",
+        timeout_seconds=DEADLINE_SECONDS,
+    )
     spec = pod["spec"]
     proxy, vllm = spec["containers"]
     assert {"name": "kserve-provision-location", "mountPath": "/models"} in vllm["volumeMounts"]

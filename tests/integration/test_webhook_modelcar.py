@@ -15,7 +15,6 @@ import signal
 import stat
 import subprocess
 import tempfile
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from prefetcher.webhook.containers import INIT_COMMAND, LINK_ENV, MODELCAR_COMMAND, STARTUP_PROBE_COMMAND
+from tests.support.polling import eventually
 
 UID = 1010
 CHROOT, UNSHARE, SETPRIV = (
@@ -55,14 +55,6 @@ def kubelet_expand(text: str, env: dict[str, str]) -> str:
         return env.get(match.group(1), match.group(0))
 
     return pattern.sub(substitute, text)
-
-
-def poll(check: object, what: str) -> None:
-    deadline = time.monotonic() + DEADLINE_SECONDS
-    while not check():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        threading.Event().wait(0.02)
 
 
 @pytest.fixture
@@ -113,9 +105,9 @@ def test_modelcar_links_the_model_and_exits_at_once_on_sigterm(image_root: Path)
     link = image_root / "mnt" / "models"
     process = run_in_image(image_root, MODELCAR_COMMAND)
     try:
-        poll(link.is_symlink, "the modelcar's link")
+        eventually(link.is_symlink, what="the modelcar's link")
         assert os.readlink(link) == f"/proc/{process.pid}/root/models"
-        poll(lambda: probe_as(UID, link) == 0, "the startup probe to pass")
+        eventually(lambda: probe_as(UID, link) == 0, what="the startup probe to pass")
         assert (link / "config.json").read_text() == '{"layers": 2}\n'
         # Only the modelcar's uid *and* gid may follow /proc/<pid>/root: why the server shares both.
         assert probe_as(UID + 1, link) != 0
@@ -125,7 +117,7 @@ def test_modelcar_links_the_model_and_exits_at_once_on_sigterm(image_root: Path)
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=DEADLINE_SECONDS) == 0
         assert time.monotonic() - started < 2
-        poll(lambda: not Path(f"/proc/{sleeper}").exists(), "the background sleep to end")
+        eventually(lambda: not Path(f"/proc/{sleeper}").exists(), what="the background sleep to end")
     finally:
         if process.poll() is None:
             process.kill()
@@ -148,11 +140,15 @@ def _pid1(root: Path, command: tuple[str, ...]) -> tuple[subprocess.Popen[bytes]
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    poll(lambda: children(unshare.pid), "the namespaced shell")
+    eventually(lambda: children(unshare.pid), until=bool, what="the namespaced shell")
     (shell,) = children(unshare.pid)
     # Signal only once `sleep` runs (as the shell's child, or in its place when the shell execs
     # its last command): by then our command has set its trap.
-    poll(lambda: children(shell) or Path(f"/proc/{shell}/comm").read_text() == "sleep\n", "sleep")
+    eventually(
+        lambda: children(shell) or Path(f"/proc/{shell}/comm").read_text() == "sleep\n",
+        until=bool,
+        what="sleep",
+    )
     return unshare, shell
 
 

@@ -1,7 +1,4 @@
-"""The webhook's real HTTPS server on loopback: TLS only, rotation, concurrency, bounds, metrics.
-
-``WebhookCA`` is also used by the API-server test to register this server with a ``caBundle``.
-"""
+"""The webhook's real HTTPS server on loopback: TLS only, rotation, concurrency, bounds, metrics."""
 
 from __future__ import annotations
 
@@ -10,16 +7,13 @@ import contextlib
 import dataclasses
 import datetime
 import http.client
-import ipaddress
 import json
 import os
 import socket
 import ssl
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +23,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from prometheus_client import CollectorRegistry
-from prometheus_client.parser import text_string_to_metric_families
 
 from prefetcher.errors import ConfigError
 from prefetcher.webhook.config import WebhookConfig
@@ -37,118 +30,13 @@ from prefetcher.webhook.metrics import WebhookMetrics
 from prefetcher.webhook.server import WebhookServer, parse_listen
 from prefetcher.webhook.tls import CertificateStore, certificate_not_after
 from prefetcher.wiring.webhook import run_webhook
-from tests.support.admission import admission_review
-from tests.support.pki import certificate_builder
+from tests.support.polling import eventually
 from tests.support.webhook import until_closed
+from tests.support.webhook_server import KSERVE, Served, WebhookCA, pod_review, start_server
 
 pytestmark = pytest.mark.integration
 
-KSERVE = "internal.serving.kserve.io/storage-initializer-sourceuri"
-PINNED = "oci://quay.io/acme/llama@sha256:" + "1" * 64
 DEADLINE_SECONDS = 10.0
-
-
-class WebhookCA:
-    """A throwaway CA issuing serving certificates for loopback names."""
-
-    def __init__(self, name: str = "webhook-test-ca") -> None:
-        self.key = ec.generate_private_key(ec.SECP256R1())
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-        self.cert = (
-            certificate_builder(subject, subject, self.key.public_key())
-            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .sign(self.key, hashes.SHA256())
-        )
-
-    @property
-    def pem(self) -> bytes:
-        return self.cert.public_bytes(serialization.Encoding.PEM)
-
-    def issue(self, cert_path: Path, key_path: Path, *, names: tuple[str, ...] = ("localhost",)) -> None:
-        """Write a serving certificate for 127.0.0.1 and ``names`` and its key."""
-        key = ec.generate_private_key(ec.SECP256R1())
-        sans: list[x509.GeneralName] = [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-        sans += [x509.DNSName(name) for name in names]
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])])
-        cert = (
-            certificate_builder(subject, self.cert.subject, key.public_key())
-            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
-            .sign(self.key, hashes.SHA256())
-        )
-        key_pem = key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-        _write_atomically(key_path, key_pem)
-        _write_atomically(cert_path, cert.public_bytes(serialization.Encoding.PEM))
-
-    def client_context(self) -> ssl.SSLContext:
-        return ssl.create_default_context(cadata=self.pem.decode())
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    partial = path.with_suffix(".partial")
-    partial.write_bytes(data)
-    os.replace(partial, path)
-
-
-def pod_review(uid: str, annotations: dict[str, str] | None = None) -> dict[str, Any]:
-    """An AdmissionReview of a KServe predictor pod CREATE."""
-    pod = {
-        "metadata": {"annotations": {KSERVE: PINNED} if annotations is None else annotations},
-        "spec": {"containers": [{"name": "kserve-container", "image": "runtime:1"}]},
-    }
-    return admission_review(pod, uid=uid)
-
-
-@dataclass
-class Served:
-    """A running webhook server and what a client needs to reach it."""
-
-    server: WebhookServer
-    ca: WebhookCA
-    cert: Path
-    key: Path
-    registry: CollectorRegistry
-
-    def connect(self, context: ssl.SSLContext | None = None) -> http.client.HTTPSConnection:
-        context = context or self.ca.client_context()
-        return http.client.HTTPSConnection("127.0.0.1", self.server.port, context=context, timeout=10)
-
-    def post(self, conn: http.client.HTTPSConnection, document: Any) -> tuple[int, Any]:
-        body = document if isinstance(document, bytes) else json.dumps(document).encode()
-        conn.request("POST", "/mutate", body=body, headers={"Content-Type": "application/json"})
-        response = conn.getresponse()
-        data = response.read()
-        return response.status, json.loads(data) if response.status == 200 else data
-
-    def samples(
-        self, context: ssl.SSLContext | None = None
-    ) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-        conn = self.connect(context)
-        try:
-            conn.request("GET", "/metrics")
-            text = conn.getresponse().read().decode()
-        finally:
-            conn.close()
-        return {
-            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
-        }
-
-
-def start_server(directory: Path, config: WebhookConfig) -> Served:
-    ca = WebhookCA()
-    cert, key = directory / "tls.crt", directory / "tls.key"
-    ca.issue(cert, key)
-    registry = CollectorRegistry()
-    metrics = WebhookMetrics(registry)
-    store = CertificateStore(
-        cert, key, on_reload=lambda outcome: metrics.certificate_reloads.labels(outcome).inc()
-    )
-    server = WebhookServer(config=config, certs=store, metrics=metrics, address=("127.0.0.1", 0))
-    server.start()
-    return Served(server=server, ca=ca, cert=cert, key=key, registry=registry)
 
 
 @pytest.fixture
@@ -157,14 +45,6 @@ def served(tmp_path: Path) -> Iterator[Served]:
     running = start_server(tmp_path, config)
     yield running
     running.server.stop()
-
-
-def poll(check: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + DEADLINE_SECONDS
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        threading.Event().wait(0.02)
 
 
 def test_reviews_are_answered_over_one_kept_alive_connection(served: Served) -> None:
@@ -268,7 +148,7 @@ def test_rotated_certificate_is_picked_up_by_new_connections(served: Served) -> 
     served.post(kept, pod_review("before"))
     rotated = WebhookCA("rotated-ca")
     rotated.issue(served.cert, served.key)
-    poll(lambda: _serves_with(served, rotated), "the rotated certificate")
+    eventually(lambda: _serves_with(served, rotated), what="the rotated certificate")
     assert not _serves_with(served, served.ca)
     status, _ = served.post(kept, pod_review("kept-alive"))  # open connections carry on
     kept.close()
@@ -279,14 +159,14 @@ def test_rotated_certificate_is_picked_up_by_new_connections(served: Served) -> 
 
 def test_a_half_written_rotation_keeps_the_previous_certificate(served: Served) -> None:
     served.cert.write_bytes(WebhookCA("other").pem)  # a certificate that does not match the key
-    poll(lambda: _serves_with(served, served.ca), "service with the previous certificate")
+    eventually(lambda: _serves_with(served, served.ca), what="service with the previous certificate")
     assert served.samples()[("prefetcher_webhook_certificate_reloads_total", (("outcome", "error"),))] == 1
     served.ca.issue(served.cert, served.key)  # the rotation completes
-    poll(
+    eventually(
         lambda: (
             served.samples().get(("prefetcher_webhook_certificate_reloads_total", (("outcome", "ok"),))) == 1
         ),
-        "reload",
+        what="reload",
     )
 
 
@@ -310,7 +190,7 @@ def test_secret_volume_symlink_swap_is_picked_up(tmp_path: Path) -> None:
         assert _serves_with(served, old_ca)
         (tmp_path / "..data_tmp").symlink_to(second.name)
         os.replace(tmp_path / "..data_tmp", tmp_path / "..data")
-        poll(lambda: _serves_with(served, new_ca), "the swapped certificate")
+        eventually(lambda: _serves_with(served, new_ca), what="the swapped certificate")
     finally:
         server.stop()
 
@@ -423,7 +303,7 @@ def test_run_webhook_serves_until_stopped(tmp_path: Path) -> None:
             finally:
                 conn.close()
 
-        poll(denied, "the webhook to deny a tag under tagPolicy: deny")
+        eventually(denied, what="the webhook to deny a tag under tagPolicy: deny")
     finally:
         stop.set()
         thread.join(DEADLINE_SECONDS)

@@ -23,13 +23,16 @@ from typing import Any, TypeVar
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support.apiserver import ApiServer
 from tests.support.containerd import RunningContainerd
-from tests.support.pods import wait_for
-from tests.support.registry import free_port
+from tests.support.polling import eventually
+from tests.support.registry import RunningRegistry, free_port
 
 AGENT_TIMEOUT_SECONDS = 300
 STOP_TIMEOUT_SECONDS = 20
 _T = TypeVar("_T")
+
+TAINT = "modelcar-prefetcher.io/warming"
 
 
 def agent_config(
@@ -114,7 +117,7 @@ class AgentProcess:
             return probe()
 
         try:
-            return wait_for(checked, timeout_seconds=timeout_seconds, what=what)
+            return eventually(checked, timeout_seconds=timeout_seconds, what=what)
         except AssertionError as err:
             raise AssertionError(f"{err}\nagent log:\n{self.log()[-4000:]}") from err
 
@@ -137,3 +140,25 @@ def running_agent(config: Path, *, node: str, kubeconfig: Path, log_file: Path) 
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait(timeout=STOP_TIMEOUT_SECONDS)
+
+def run_cluster_agent(
+    apiserver: ApiServer,
+    containerd: RunningContainerd,
+    registry: RunningRegistry,
+    workdir: Path,
+    node: str,
+    *extra: str,
+    namespace: str,
+) -> subprocess.CompletedProcess[str]:
+    """``prefetcher agent --once`` for ``node``, following ``namespace``; lifts ``TAINT``."""
+    config = workdir / f"agent-{node}.yaml"
+    settings = agent_config(
+        containerd,
+        [registry.host],
+        workdir,
+        stateFile=str(workdir / f"state-{node}.json"),
+        # Only this test's namespace: other tests leave InferenceServices naming unreachable registries.
+        kubernetes={"startupTaint": TAINT, "namespaces": [namespace]},
+    )
+    config.write_text(json.dumps(settings))
+    return run_agent_once(config, node=node, kubeconfig=apiserver.kubeconfig, extra=extra)

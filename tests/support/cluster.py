@@ -39,7 +39,7 @@ from tests.support.kubelet import KubeletOptions
 from tests.support.kubelet_host import kernel_tunables_restored
 from tests.support.node import NodeCluster, start_node
 from tests.support.oci import push_sandbox_image
-from tests.support.pods import wait_for
+from tests.support.polling import eventually
 from tests.support.registry import RunningRegistry, free_port
 
 ROOT_CA = "kube-root-ca.crt"
@@ -75,7 +75,7 @@ class Cluster:
                 return False
             return True
 
-        wait_for(populated, timeout_seconds=30, what=f"namespace {name} populated by its controllers")
+        eventually(populated, timeout_seconds=30, what=f"namespace {name} populated by its controllers")
 
 
 def _require_binaries(assets: Path) -> None:

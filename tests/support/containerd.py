@@ -37,7 +37,8 @@ from prefetcher.adapters.cri_api import api_pb2 as cri
 from prefetcher.adapters.cri_api import api_pb2_grpc as cri_grpc
 from tests.support.mounts import FsUsage, fs_usage, mount_ext4, mount_tmpfs, unmount_under
 from tests.support.oci import push_sandbox_image
-from tests.support.pods import CriPods, wait_for
+from tests.support.pods import CriPods
+from tests.support.polling import eventually
 from tests.support.registry import RunningRegistry
 
 STARTUP_TIMEOUT_SECONDS = 60.0
@@ -166,7 +167,7 @@ class RunningContainerd:
                 start_new_session=True,
             )
         try:
-            wait_for(
+            eventually(
                 self._ready, timeout_seconds=STARTUP_TIMEOUT_SECONDS, what=f"containerd on {self.socket}"
             )
         except AssertionError as err:

@@ -35,7 +35,7 @@ import pytest
 import yaml
 
 from tests.support.apiserver import ApiServer, ControlPlaneError, Daemon
-from tests.support.pods import wait_for
+from tests.support.polling import eventually
 from tests.support.registry import free_port
 
 REPO = Path(__file__).resolve().parents[2]
@@ -93,7 +93,9 @@ def wait_established(apiserver: ApiServer, names: list[str]) -> None:
                 return False
         return True
 
-    wait_for(established, timeout_seconds=START_TIMEOUT_SECONDS, what=f"CRDs {', '.join(names)} Established")
+    eventually(
+        established, timeout_seconds=START_TIMEOUT_SECONDS, what=f"CRDs {', '.join(names)} Established"
+    )
 
 
 def install_crds(apiserver: ApiServer, assets: Path) -> None:

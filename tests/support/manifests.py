@@ -28,3 +28,20 @@ def one(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[
     found = [d for d in docs if d["kind"] == kind and name in (None, d["metadata"]["name"])]
     assert len(found) == 1, f"expected one {kind} {name or ''}, found {len(found)}"
     return found[0]
+
+
+def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"a.0.b": leaf}`` for every leaf; list items that have a ``name`` are keyed by it.
+
+    A strategic merge patch reorders named items (containers, volumes), which changes nothing.
+    """
+    if isinstance(value, dict):
+        items: Any = value.items()
+    elif isinstance(value, list):
+        items = [(i["name"] if isinstance(i, dict) and "name" in i else n, i) for n, i in enumerate(value)]
+    else:
+        return {prefix: value}
+    flat: dict[str, Any] = {}
+    for key, item in items:
+        flat |= flatten(item, f"{prefix}.{key}" if prefix else str(key))
+    return flat

@@ -26,7 +26,8 @@ from tests.support.containerd import RunningContainerd, start_containerd
 from tests.support.kubelet import Kubelet, KubeletOptions, KubeletPaths, start_kubelet
 from tests.support.kubelet_host import cgroup_root, kubelet_state_dir, reap_dead_runs, remove_host_leftovers
 from tests.support.mounts import FsUsage
-from tests.support.pods import parse_cri_log, wait_for
+from tests.support.pods import parse_cri_log
+from tests.support.polling import eventually
 
 if TYPE_CHECKING:
     from tests.support.cluster import Cluster
@@ -102,7 +103,7 @@ class NodeCluster:
     ) -> _T:
         """Poll ``probe`` until it returns a truthy value; on timeout fail with the daemons' logs."""
         try:
-            return wait_for(probe, timeout_seconds=timeout_seconds, what=what, interval_seconds=0.2)
+            return eventually(probe, timeout_seconds=timeout_seconds, what=what, interval_seconds=0.2)
         except AssertionError as err:
             raise AssertionError(f"{err}\n{self.log_tails()}") from None
 
@@ -127,7 +128,7 @@ class NodeCluster:
             return pod if condition(pod, "Ready").get("status") == "True" else None
 
         try:
-            return wait_for(ready, timeout_seconds=timeout_seconds, what=f"pod {namespace}/{name} Ready")
+            return eventually(ready, timeout_seconds=timeout_seconds, what=f"pod {namespace}/{name} Ready")
         except AssertionError as err:
             raise AssertionError(f"{err}\n{self.describe_pod(namespace, name)}\n{self.log_tails()}") from None
 

@@ -9,49 +9,21 @@ deadline and fails with what was last seen.
 
 from __future__ import annotations
 
-import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
 
 from prefetcher.adapters.cri_api import api_pb2 as cri
 from prefetcher.adapters.cri_api import api_pb2_grpc as cri_grpc
+from tests.support.polling import eventually
 
 TEST_LABEL = "modelcar-prefetcher.test/pod"
 CALL_TIMEOUT_SECONDS = 60.0
-POLL_INTERVAL_SECONDS = 0.05
-_T = TypeVar("_T")
-
-
-def wait_for(
-    probe: Callable[[], _T | None],
-    *,
-    timeout_seconds: float,
-    what: str,
-    interval_seconds: float = POLL_INTERVAL_SECONDS,
-) -> _T:
-    """Poll ``probe`` until it returns something other than None/False; fail after the deadline."""
-    deadline = time.monotonic() + timeout_seconds
-    last: object = None
-    while True:
-        try:
-            value = probe()
-        except AssertionError:
-            raise
-        except Exception as err:  # a probe that raises is "not yet"; report it if it persists
-            value, last = None, err
-        else:
-            last = value
-        if value is not None and value is not False:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout_seconds}s waiting for {what}; last: {last!r}")
-        time.sleep(interval_seconds)
 
 
 @dataclass(frozen=True)
@@ -156,11 +128,11 @@ class Sandbox:
                 )
             return status.state == cri.CONTAINER_RUNNING
 
-        wait_for(running, timeout_seconds=timeout_seconds, what=f"{container.name} to run")
+        eventually(running, timeout_seconds=timeout_seconds, what=f"{container.name} to run")
 
     def wait_exited(self, container: RunningContainer, *, timeout_seconds: float = 30.0) -> int:
         """Poll until ``container`` exits; its exit code."""
-        status = wait_for(
+        status = eventually(
             lambda: s if (s := self.status(container)).state == cri.CONTAINER_EXITED else None,
             timeout_seconds=timeout_seconds,
             what=f"{container.name} to exit",

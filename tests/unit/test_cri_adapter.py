@@ -16,7 +16,6 @@ import pytest
 from prefetcher.adapters.cri import (
     PULL_FAILURE_REASONS,
     CriImageRuntime,
-    ImageFilesystem,
     classify_pull_error,
     detect_endpoint,
     socket_path,
@@ -74,25 +73,10 @@ class FakeImageService(cri_grpc.ImageServiceServicer):
         self.script.removed.append(request.image.image)
         return cri.RemoveImageResponse()
 
-    def ImageFsInfo(self, request: Any, context: Any) -> cri.ImageFsInfoResponse:
-        self.script.enter("ImageFsInfo", context)
-        usage = cri.FilesystemUsage(
-            fs_id=cri.FilesystemIdentifier(mountpoint="/var/lib/containerd/snapshots"),
-            used_bytes=cri.UInt64Value(value=52_000_000),
-            inodes_used=cri.UInt64Value(value=14),
-        )
-        return cri.ImageFsInfoResponse(image_filesystems=[usage])
-
 
 class FakeRuntimeService(cri_grpc.RuntimeServiceServicer):
     def __init__(self, script: Script) -> None:
         self.script = script
-
-    def Version(self, request: Any, context: Any) -> cri.VersionResponse:
-        self.script.enter("Version", context)
-        return cri.VersionResponse(
-            version="0.1.0", runtime_name="fake", runtime_version="1.0", runtime_api_version="v1"
-        )
 
     def ListContainers(self, request: Any, context: Any) -> cri.ListContainersResponse:
         self.script.enter("ListContainers", context)
@@ -264,13 +248,13 @@ def test_a_slow_call_is_unavailable_naming_the_endpoint(fake: FakeCri) -> None:
 
 
 def test_an_unimplemented_api_is_unavailable(fake: FakeCri, runtime: CriImageRuntime) -> None:
-    fake.script.abort["Version"] = (
+    fake.script.abort["ListContainers"] = (
         grpc.StatusCode.UNIMPLEMENTED,
         "unknown service runtime.v1.RuntimeService",
     )
 
-    with pytest.raises(RuntimeUnavailableError, match=r"does not implement runtime\.v1 Version"):
-        runtime.version()
+    with pytest.raises(RuntimeUnavailableError, match=r"does not implement runtime\.v1 ListContainers"):
+        runtime.images_in_use()
 
 
 def test_remove_image_failures_are_remove_failed(fake: FakeCri, runtime: CriImageRuntime) -> None:
@@ -282,15 +266,8 @@ def test_remove_image_failures_are_remove_failed(fake: FakeCri, runtime: CriImag
         runtime.remove_image(IMAGE_ID)
 
 
-def test_image_fs_info_and_version(runtime: CriImageRuntime) -> None:
-    assert runtime.image_fs_info() == [
-        ImageFilesystem(mountpoint="/var/lib/containerd/snapshots", used_bytes=52_000_000, inodes_used=14)
-    ]
-    assert runtime.version().runtime_name == "fake"
-
-
 def test_a_stopped_server_leaves_a_socket_that_refuses(fake: FakeCri, runtime: CriImageRuntime) -> None:
-    assert runtime.version().runtime_api_version == "v1"
+    assert runtime.images_in_use() == frozenset()
     fake.server.stop(None).wait()
     _stale_socket(fake.socket)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefetcher.core.model import Budget, DiskState, EvictionReason, SkipReason
 from prefetcher.core.planner import merge_desired, plan
-from tests.unit.planner_inputs import GIB, cached_of, managed_of, model
+from tests.support.planner_inputs import GIB, cached_of, managed_of, model
 
 DISK = DiskState(total_bytes=100 * GIB, used_bytes=10 * GIB)
 BUDGET = Budget(max_usage_percent=80, unpack_factor=2.0)

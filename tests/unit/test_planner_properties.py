@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from prefetcher.core.model import Budget, DiskState, Plan, SkipReason
 from prefetcher.core.planner import plan
-from tests.unit.planner_inputs import GIB, cached_of, managed_of, model
+from tests.support.planner_inputs import GIB, cached_of, managed_of, model
 
 MIB = 1024**2
 

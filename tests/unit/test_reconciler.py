@@ -30,8 +30,8 @@ from prefetcher.testing.fakes import (
     FakeSource,
     image_id,
 )
-from tests.support.pods import wait_for
-from tests.unit.planner_inputs import digest
+from tests.support.planner_inputs import digest
+from tests.support.polling import eventually
 
 MIB = 1024**2
 HOST = "registry.test:5000"
@@ -108,11 +108,11 @@ def test_a_source_change_starts_a_pass_at_once_not_at_the_next_resync() -> None:
     loop = threading.Thread(target=agent.run, args=(stop,), daemon=True)
     loop.start()
     try:
-        wait_for(lambda: agent.status().passes >= 1, timeout_seconds=5, what="the first pass")
+        eventually(lambda: agent.status().passes >= 1, timeout_seconds=5, what="the first pass")
         world.want("a")
         wake.set()
         # The fake clock never reaches the resync deadline: only the wake can start this pass.
-        wait_for(lambda: bool(world.runtime.pulls), timeout_seconds=5, what="a pull after the wake")
+        eventually(lambda: bool(world.runtime.pulls), timeout_seconds=5, what="a pull after the wake")
     finally:
         stop.set()
         wake.set()

@@ -7,7 +7,7 @@ from prefetcher.core.model import ModelRequest, SkipReason
 from prefetcher.core.refs import parse_reference
 from prefetcher.ports import ResolvedImage
 from prefetcher.testing.fakes import FakeClock, FakeEvents, FakeRegistry
-from tests.unit.planner_inputs import digest
+from tests.support.planner_inputs import digest
 
 REF = f"registry.test:5000/models/a@{digest('a')}"
 

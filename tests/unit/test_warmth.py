@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from prefetcher.core.model import Plan, Pull, Skip, SkipReason
 from prefetcher.core.warmth import STATES, Warmth, aggregate, isvc_warmth, node_models
 from prefetcher.status import document, only_namespace, table
-from tests.unit.planner_inputs import model
+from tests.support.planner_inputs import model
 
 A, B, C = (model(n) for n in ("a", "b", "c"))
 REF_A, REF_B, REF_C = (m.ref.canonical() for m in (A, B, C))

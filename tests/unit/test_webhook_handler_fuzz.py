@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from prefetcher.webhook.config import WebhookConfig
 from prefetcher.webhook.handler import Outcome, handle_review
 from tests.support.admission import admission_review
-from tests.unit.test_webhook_jsonpatch import apply_patch
+from tests.support.jsonpatch import apply_patch
 
 CONFIG = WebhookConfig()
 CONFIGS = [CONFIG, *(dataclasses.replace(CONFIG, modelcar_mode=m) for m in ("sidecar", "image-volume"))]

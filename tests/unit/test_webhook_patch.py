@@ -19,7 +19,7 @@ from prefetcher.webhook.patch import (
     Mutation,
     build_patch,
 )
-from tests.unit.test_webhook_jsonpatch import apply_patch
+from tests.support.jsonpatch import apply_patch
 
 KSERVE = "internal.serving.kserve.io/storage-initializer-sourceuri"
 DIGEST = "sha256:" + "ab" * 32

@@ -69,12 +69,6 @@ class Int64Value(_message.Message):
     value: int
     def __init__(self, value: _Optional[int] = ...) -> None: ...
 
-class UInt64Value(_message.Message):
-    __slots__ = ("value",)
-    VALUE_FIELD_NUMBER: _ClassVar[int]
-    value: int
-    def __init__(self, value: _Optional[int] = ...) -> None: ...
-
 class KeyValue(_message.Message):
     __slots__ = ("key", "value")
     KEY_FIELD_NUMBER: _ClassVar[int]
@@ -708,33 +702,3 @@ class RemoveImageRequest(_message.Message):
 class RemoveImageResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
-
-class ImageFsInfoRequest(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
-
-class FilesystemIdentifier(_message.Message):
-    __slots__ = ("mountpoint",)
-    MOUNTPOINT_FIELD_NUMBER: _ClassVar[int]
-    mountpoint: str
-    def __init__(self, mountpoint: _Optional[str] = ...) -> None: ...
-
-class FilesystemUsage(_message.Message):
-    __slots__ = ("timestamp", "fs_id", "used_bytes", "inodes_used")
-    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
-    FS_ID_FIELD_NUMBER: _ClassVar[int]
-    USED_BYTES_FIELD_NUMBER: _ClassVar[int]
-    INODES_USED_FIELD_NUMBER: _ClassVar[int]
-    timestamp: int
-    fs_id: FilesystemIdentifier
-    used_bytes: UInt64Value
-    inodes_used: UInt64Value
-    def __init__(self, timestamp: _Optional[int] = ..., fs_id: _Optional[_Union[FilesystemIdentifier, _Mapping]] = ..., used_bytes: _Optional[_Union[UInt64Value, _Mapping]] = ..., inodes_used: _Optional[_Union[UInt64Value, _Mapping]] = ...) -> None: ...
-
-class ImageFsInfoResponse(_message.Message):
-    __slots__ = ("image_filesystems", "container_filesystems")
-    IMAGE_FILESYSTEMS_FIELD_NUMBER: _ClassVar[int]
-    CONTAINER_FILESYSTEMS_FIELD_NUMBER: _ClassVar[int]
-    image_filesystems: _containers.RepeatedCompositeFieldContainer[FilesystemUsage]
-    container_filesystems: _containers.RepeatedCompositeFieldContainer[FilesystemUsage]
-    def __init__(self, image_filesystems: _Optional[_Iterable[_Union[FilesystemUsage, _Mapping]]] = ..., container_filesystems: _Optional[_Iterable[_Union[FilesystemUsage, _Mapping]]] = ...) -> None: ...

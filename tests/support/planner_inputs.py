@@ -1,4 +1,4 @@
-"""Builders of planner inputs shared by the planner's example and property tests."""
+"""Test support: builders of planner inputs shared by the planner tests, the reconciler tests and bench."""
 
 from __future__ import annotations
 
