@@ -102,6 +102,7 @@ def _config(
     htpasswd_file: Path | None,
     tls: tuple[Path, Path] | None,
     token_auth: TokenAuth | None,
+    proxy_remote_url: str | None = None,
 ) -> dict[str, object]:
     http_section: dict[str, object] = {
         "addr": f"127.0.0.1:{port}",
@@ -120,6 +121,9 @@ def _config(
         },
         "http": http_section,
     }
+    if proxy_remote_url is not None:
+        # A pull-through cache: blobs and manifests it lacks are fetched from there and kept.
+        config["proxy"] = {"remoteurl": proxy_remote_url}
     if htpasswd_file is not None:
         config["auth"] = {"htpasswd": {"realm": "test-realm", "path": str(htpasswd_file)}}
     elif token_auth is not None:
@@ -194,11 +198,13 @@ def start_registry(
     tls: tuple[Path, Path] | None = None,
     token_auth: TokenAuth | None = None,
     ca_file: Path | None = None,
+    proxy_remote_url: str | None = None,
 ) -> Iterator[RunningRegistry]:
     """Run a real registry storing under ``workdir``; it is killed when the block exits.
 
     ``htpasswd`` is ``(username, password)``; ``tls`` is ``(certificate, key)`` PEM files, with
-    ``ca_file`` the bundle clients should trust; ``token_auth`` configures bearer token auth.
+    ``ca_file`` the bundle clients should trust; ``token_auth`` configures bearer token auth;
+    ``proxy_remote_url`` (``http://HOST:PORT``) makes it a pull-through cache of that registry.
     """
     if shutil.which(BINARY) is None:
         pytest.fail(f"{BINARY} not found: install the Debian package {APT_PACKAGE!r}")
@@ -210,7 +216,12 @@ def start_registry(
         htpasswd_file.write_text(f"{htpasswd[0]}:{bcrypt_hash(htpasswd[1])}\n")
     log_file = workdir / "registry.log"
     proc, port = _start_on_free_port(
-        workdir, log_file, htpasswd_file=htpasswd_file, tls=tls, token_auth=token_auth
+        workdir,
+        log_file,
+        htpasswd_file=htpasswd_file,
+        tls=tls,
+        token_auth=token_auth,
+        proxy_remote_url=proxy_remote_url,
     )
     scheme = "https" if tls else "http"
     try:
@@ -235,12 +246,20 @@ def _start_on_free_port(
     htpasswd_file: Path | None,
     tls: tuple[Path, Path] | None,
     token_auth: TokenAuth | None,
+    proxy_remote_url: str | None,
 ) -> tuple[subprocess.Popen[bytes], int]:
     """Another process may take the port between probe and bind, so retry a few ports."""
     error: RuntimeError | None = None
     for _ in range(_PORT_ATTEMPTS):
         port = free_port()
-        config = _config(workdir, port, htpasswd_file=htpasswd_file, tls=tls, token_auth=token_auth)
+        config = _config(
+            workdir,
+            port,
+            htpasswd_file=htpasswd_file,
+            tls=tls,
+            token_auth=token_auth,
+            proxy_remote_url=proxy_remote_url,
+        )
         config_file = workdir / "config.yml"
         config_file.write_text(json.dumps(config, indent=2))  # JSON is valid YAML
         try:
