@@ -1,0 +1,92 @@
+"""Many nodes, one registry: what the origin serves when every node of a pool wants the same model.
+
+Three real kubelet nodes of the test cluster, an agent on each (``tests.support.fleet``), the
+origin registry behind the counting front, Distribution's pull-through cache as the nodes' mirror
+(``tests.support.mirror``). Every node is told to want the model at the same moment.
+
+* Direct, no pacing: each node's containerd fetches the model's layer itself; the origin serves
+  it once per node.
+* Through the mirror, no pacing: the mirror is cold, so the first request is a miss (two origin
+  transfers with Distribution 2.8.2, see ``test_registry_mirror``) and every other node's request
+  arrives while that fetch is in flight and goes to the origin too. The origin holds the layer's
+  body until it has seen every request, so the window is surely open and the count does not
+  depend on how fast the agents start: N + 1 transfers for N nodes, none by containerd.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.cluster import NodeClusterFactory
+from tests.support.fleet import Fleet, FleetAgents, fleet_agents, warm_seconds
+from tests.support.mirror import origin_with_mirror
+from tests.support.oci import PushedImage, push_modelcar
+from tests.support.pods import wait_for
+
+pytestmark = pytest.mark.integration
+NODES = 3
+MODEL_BYTES = 6 * 1024**2
+WARM_TIMEOUT_SECONDS = 180.0
+
+
+@pytest.fixture
+def fleet(node_cluster_factory: NodeClusterFactory, tmp_path: Path) -> Iterator[Fleet]:
+    nodes = tuple(node_cluster_factory() for _ in range(NODES))
+    with origin_with_mirror(tmp_path / "registries") as registries:
+        yield Fleet(nodes, registries)
+
+
+def layer_bytes(fleet: Fleet, image: PushedImage) -> int:
+    """The model layer's size, from the origin's own storage (not through the counting front)."""
+    digest = image.layer_digests[-1].removeprefix("sha256:")
+    blob = fleet.registries.origin.root / "docker/registry/v2/blobs/sha256" / digest[:2] / digest / "data"
+    return blob.stat().st_size
+
+
+def warm_everywhere(fleet: Fleet, agents: FleetAgents, image: PushedImage, since: float) -> None:
+    warm = warm_seconds(
+        fleet.nodes,
+        fleet.registries.ref(image),
+        since=since,
+        agents=agents,
+        timeout_seconds=WARM_TIMEOUT_SECONDS,
+    )
+    assert sorted(warm) == sorted(n.node_name for n in fleet.nodes)
+
+
+def test_without_pacing_the_origin_serves_the_model_once_per_node_directly_or_through_a_cold_mirror(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    origin, counter = fleet.registries.origin, fleet.registries.front.counter
+    direct = push_modelcar(origin, "models/fleet-direct", model_size_bytes=MODEL_BYTES, seed=1211)
+    mirrored = push_modelcar(origin, "models/fleet-mirrored", model_size_bytes=MODEL_BYTES, seed=1212)
+
+    fleet.route(through_mirror=False)
+    with fleet_agents(fleet, fleet.nodes, tmp_path / "agents") as agents:
+        warm_everywhere(fleet, agents, direct, agents.want(f"oci://{fleet.registries.ref(direct)}"))
+        traffic = counter.blob(direct.layer_digests[-1])
+        assert dict(traffic.by_agent) == {"containerd": NODES}, agents.logs()
+        assert traffic.bytes_sent == NODES * layer_bytes(fleet, direct)
+
+        fleet.route(through_mirror=True)
+        layer = mirrored.layer_digests[-1]
+        release = counter.hold(layer)
+        agents.want(f"oci://{fleet.registries.ref(mirrored)}")
+        try:
+            wait_for(
+                lambda: counter.blob(layer).gets >= NODES + 1,
+                timeout_seconds=WARM_TIMEOUT_SECONDS,
+                what="every node's request for the layer at the origin while the first fetch is held",
+            )
+        except AssertionError as err:
+            raise AssertionError(f"{err}\n{counter.blob(layer)}\n{agents.logs()}") from None
+        assert counter.blob(layer).bytes_sent == 0, "the hold let a body through"
+        release.set()
+        warm_everywhere(fleet, agents, mirrored, 0.0)
+
+    traffic = counter.blob(layer)
+    assert dict(traffic.by_agent) == {"go-http-client": NODES + 1}, "containerd bypassed the mirror"
+    assert traffic.bytes_sent == (NODES + 1) * layer_bytes(fleet, mirrored)
