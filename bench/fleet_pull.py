@@ -1,0 +1,204 @@
+"""Many nodes, one registry: origin bytes and time to all-warm when N nodes want one 1 GiB model.
+
+N real kubelet nodes of the test cluster (containerd on a loop-mounted ext4 each), an agent
+process per node (``tests.support.fleet``), the origin registry behind ``tests.support.throttle``
+(answers capped at ``--rate-mb`` MB/s in all: loopback would otherwise make every pull a memory
+copy) and the counting front (bytes per blob), and Distribution's pull-through cache as the
+mirror, on loopback and unthrottled, as a cache beside the nodes would be (``tests.support.mirror``).
+
+Per mode, a model of its own (random, incompressible, built here; same size, another seed), so no
+registry, cache or node holds it; every node is told to want it at the same moment (the models
+file all agents read) and the clock runs until the last node's runtime has it:
+
+* ``single``: one node, direct: the baseline, a single node's pull time in this run;
+* ``a``: all nodes at once, direct, no pacing;
+* ``a-mirror``: all nodes at once through the cold cache, no pacing;
+* ``b``: all nodes, direct, paced (``fleet``: ``seedPulls`` 1, ``maxConcurrentPulls`` N);
+* ``c``: all nodes through the cold cache, paced the same.
+
+Printed per mode: origin bytes of the model's layer / layer size, time to all-warm and its ratio
+to ``single``. Then the parameters ``bench/fleet_sim.py`` takes: a node's own pull throughput (one
+node pulling the model from the warm cache, unthrottled), the origin's measured bandwidth, and the
+cache's aggregate bandwidth to the nodes after the seed pull in mode ``c``. Paced modes need the
+``fleet`` section in the agent's configuration; without it they are reported as not run.
+
+    .venv/bin/python bench/fleet_pull.py [--nodes 4] [--size-mib 1024] [--rate-mb 50] \\
+        [--modes single,a,a-mirror,b,c]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from prefetcher.config import reference_table  # noqa: E402
+from tests.support.cluster import start_cluster  # noqa: E402
+from tests.support.fleet import Fleet, fleet_agents, warm_seconds  # noqa: E402
+from tests.support.kubelet import KubeletOptions  # noqa: E402
+from tests.support.mirror import origin_with_mirror  # noqa: E402
+from tests.support.node import start_node  # noqa: E402
+from tests.support.oci import PushedImage, push_modelcar, push_sandbox_image  # noqa: E402
+from tests.support.pods import CriPods  # noqa: E402
+
+MIB = 1024**2
+MODES = ("single", "a", "a-mirror", "b", "c")
+PACED = {"b", "c"}
+THROUGH_MIRROR = {"a-mirror", "c"}
+# Room for a 1 GiB model twice over (content plus unpacked snapshot) while the last one is collected.
+IMAGE_FS_MB = 5120
+WARM_TIMEOUT_SECONDS = 1800.0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One mode: origin layer bytes, per-node seconds to warm, the layer's size."""
+
+    mode: str
+    origin_bytes: int
+    warm: dict[str, float]
+    layer_bytes: int
+    origin_seconds: float
+
+    @property
+    def all_warm(self) -> float:
+        return max(self.warm.values())
+
+
+def pacing_available() -> bool:
+    """True when this tree's agent has the ``fleet`` section (pull pacing)."""
+    return "`fleet.seedPulls`" in reference_table()
+
+
+def fleet_settings(mode: str, nodes: int) -> dict[str, Any]:
+    if mode not in PACED:
+        return {}
+    return {"fleet": {"enabled": True, "seedPulls": 1, "maxConcurrentPulls": nodes}}
+
+
+def layer_size(fleet: Fleet, image: PushedImage) -> int:
+    digest = image.layer_digests[-1].removeprefix("sha256:")
+    root = fleet.registries.origin.root / "docker/registry/v2/blobs/sha256"
+    return (root / digest[:2] / digest / "data").stat().st_size
+
+
+def run_mode(fleet: Fleet, mode: str, image: PushedImage, workdir: Path) -> Outcome:
+    nodes = fleet.nodes[:1] if mode == "single" else fleet.nodes
+    fleet.route(through_mirror=mode in THROUGH_MIRROR)
+    ref = fleet.registries.ref(image)
+    settings = fleet_settings(mode, len(fleet.nodes))
+    with fleet_agents(fleet, nodes, workdir / mode, settings=settings) as agents:
+        since = agents.want(f"oci://{ref}")
+        warm = warm_seconds(nodes, ref, since=since, agents=agents, timeout_seconds=WARM_TIMEOUT_SECONDS)
+    traffic = fleet.registries.front.counter.blob(image.layer_digests[-1])
+    fleet.forget(ref)
+    return Outcome(
+        mode, traffic.bytes_sent, warm, layer_size(fleet, image), traffic.last_byte_at - traffic.first_byte_at
+    )
+
+
+def node_pull_seconds(fleet: Fleet, image: PushedImage, workdir: Path) -> float:
+    """One node pulling ``image`` alone from the warm cache (no agent): the node's own speed."""
+    fleet.route(through_mirror=True)
+    ref = fleet.registries.ref(image)
+    with CriPods(fleet.nodes[0].endpoint, log_root=workdir / "node-pull") as pods:
+        start = time.monotonic()
+        pods.ensure_image(ref)
+        seconds = time.monotonic() - start
+    fleet.forget(ref)
+    return seconds
+
+
+def report(outcomes: list[Outcome], skipped: list[str], node_seconds: float | None, rate_mb: float) -> None:
+    single = next((o.all_warm for o in outcomes if o.mode == "single"), None)
+    print("\nmode       nodes  origin/model  all-warm   vs single  per node (s)")
+    for o in outcomes:
+        ratio = f"{o.all_warm / single:8.2f}x" if single else "        -"
+        per_node = ", ".join(f"{s:.1f}" for s in sorted(o.warm.values()))
+        print(
+            f"{o.mode:9s}  {len(o.warm):5d}  {o.origin_bytes / o.layer_bytes:11.2f}x  "
+            f"{o.all_warm:7.1f}s  {ratio}  {per_node}"
+        )
+    for mode in skipped:
+        print(f"{mode:9s}  not run: this tree's agent has no fleet pacing")
+    direct = next((o for o in outcomes if o.mode == "a"), None)
+    paced = next((o for o in outcomes if o.mode == "c"), None)
+    print("\nparameters for bench/fleet_sim.py:")
+    if node_seconds is not None and outcomes:
+        node_rate = outcomes[0].layer_bytes / node_seconds / 1e6
+        print(f"  --node-mb-s {node_rate:.1f}   (one node alone from the warm cache)")
+    if direct is not None and direct.origin_seconds > 0:
+        origin_rate = direct.origin_bytes / direct.origin_seconds / 1e6
+        print(f"  --origin-mb-s {origin_rate:.1f}   (measured in mode a; throttle set to {rate_mb:g})")
+    if paced is not None:
+        after_seed = sorted(paced.warm.values())
+        span = after_seed[-1] - after_seed[0]
+        if span > 0:
+            mirror_rate = (len(after_seed) - 1) * paced.layer_bytes / span / 1e6
+            print(f"  --mirror-mb-s {mirror_rate:.1f}   (mode c, the nodes after the seed)")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--nodes", type=int, default=4)
+    parser.add_argument("--size-mib", type=int, default=1024)
+    parser.add_argument("--rate-mb", type=float, default=50.0, help="origin bandwidth, MB/s (10^6 bytes)")
+    parser.add_argument("--modes", default=",".join(MODES))
+    opts = parser.parse_args()
+    modes = [m for m in opts.modes.split(",") if m]
+    unknown = set(modes) - set(MODES)
+    if unknown:
+        parser.error(f"unknown modes {sorted(unknown)}; known: {', '.join(MODES)}")
+    skipped = [m for m in modes if m in PACED and not pacing_available()]
+    modes = [m for m in modes if m not in skipped]
+    print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
+    workdir = Path(tempfile.mkdtemp(prefix="bench-fleet-"))
+    outcomes: list[Outcome] = []
+    node_seconds = None
+    with ExitStack() as stack:
+        stack.callback(shutil.rmtree, workdir, True)
+        registries = stack.enter_context(
+            origin_with_mirror(workdir / "registries", rate_bytes_per_second=opts.rate_mb * 1e6)
+        )
+        cluster = stack.enter_context(start_cluster(workdir / "cluster"))
+        sandbox = push_sandbox_image(registries.origin)
+        nodes = tuple(
+            stack.enter_context(
+                start_node(
+                    cluster,
+                    workdir / f"n{i}",
+                    registry_host=registries.origin.host,
+                    sandbox_image=sandbox.tag_ref,
+                    image_fs_mb=IMAGE_FS_MB,
+                    options=KubeletOptions(),
+                )
+            )
+            for i in range(opts.nodes)
+        )
+        fleet = Fleet(nodes, registries)
+        for i, mode in enumerate(modes):
+            image = push_modelcar(
+                registries.origin, f"bench/fleet-{mode}", model_size_bytes=opts.size_mib * MIB, seed=1200 + i
+            )
+            print(f"mode {mode}: {image.ref}", flush=True)
+            outcomes.append(run_mode(fleet, mode, image, workdir))
+            print(f"  all warm after {outcomes[-1].all_warm:.1f}s", flush=True)
+            if mode in THROUGH_MIRROR and node_seconds is None:
+                node_seconds = node_pull_seconds(fleet, image, workdir)
+    print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    report(outcomes, skipped, node_seconds, opts.rate_mb)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
