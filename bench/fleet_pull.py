@@ -14,7 +14,11 @@ file all agents read) and the clock runs until the last node's runtime has it:
 * ``a``: all nodes at once, direct, no pacing;
 * ``a-mirror``: all nodes at once through the cold cache, no pacing;
 * ``b``: all nodes, direct, paced (``fleet``: ``seedPulls`` 1, ``maxConcurrentPulls`` N);
-* ``c``: all nodes through the cold cache, paced the same.
+* ``c``: all nodes through the cold cache, paced the same;
+* ``c-v3``: the same through a cold Distribution 3 cache (``hack/distribution.sh`` builds it),
+  which stores the blob it streams instead of fetching it a second time.
+
+The cache in the other modes is Debian's ``docker-registry`` (Distribution 2.8.2).
 
 Printed per mode: origin bytes of the model's layer / layer size, time to all-warm and its ratio
 to ``single``. Then the parameters ``bench/fleet_sim.py`` takes: a node's own pull throughput (one
@@ -23,7 +27,7 @@ cache's aggregate bandwidth to the nodes after the seed pull in mode ``c``. Pace
 ``fleet`` section in the agent's configuration; without it they are reported as not run.
 
     .venv/bin/python bench/fleet_pull.py [--nodes 4] [--size-mib 1024] [--rate-mb 50] \\
-        [--modes single,a,a-mirror,b,c]
+        [--modes single,a,a-mirror,b,c,c-v3]
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -50,11 +55,12 @@ from tests.support.mirror import origin_with_mirror  # noqa: E402
 from tests.support.node import start_node  # noqa: E402
 from tests.support.oci import PushedImage, push_modelcar, push_sandbox_image  # noqa: E402
 from tests.support.pods import CriPods  # noqa: E402
+from tests.support.registry import start_registry  # noqa: E402
 
 MIB = 1024**2
-MODES = ("single", "a", "a-mirror", "b", "c")
-PACED = {"b", "c"}
-THROUGH_MIRROR = {"a-mirror", "c"}
+MODES = ("single", "a", "a-mirror", "b", "c", "c-v3")
+PACED = {"b", "c", "c-v3"}
+MIRROR_OF = {"a-mirror": "2.8", "c": "2.8", "c-v3": "3"}
 # Room for a 1 GiB model twice over (content plus unpacked snapshot) while the last one is collected.
 IMAGE_FS_MB = 5120
 WARM_TIMEOUT_SECONDS = 1800.0
@@ -92,9 +98,9 @@ def layer_size(fleet: Fleet, image: PushedImage) -> int:
     return (root / digest[:2] / digest / "data").stat().st_size
 
 
-def run_mode(fleet: Fleet, mode: str, image: PushedImage, workdir: Path) -> Outcome:
+def run_mode(fleet: Fleet, mode: str, image: PushedImage, workdir: Path, mirrors: dict[str, str]) -> Outcome:
     nodes = fleet.nodes[:1] if mode == "single" else fleet.nodes
-    fleet.route(through_mirror=mode in THROUGH_MIRROR)
+    fleet.route(mirrors[MIRROR_OF[mode]] if mode in MIRROR_OF else None)
     ref = fleet.registries.ref(image)
     settings = fleet_settings(mode, len(fleet.nodes))
     with fleet_agents(fleet, nodes, workdir / mode, settings=settings) as agents:
@@ -107,9 +113,9 @@ def run_mode(fleet: Fleet, mode: str, image: PushedImage, workdir: Path) -> Outc
     )
 
 
-def node_pull_seconds(fleet: Fleet, image: PushedImage, workdir: Path) -> float:
+def node_pull_seconds(fleet: Fleet, image: PushedImage, workdir: Path, mirror: str) -> float:
     """One node pulling ``image`` alone from the warm cache (no agent): the node's own speed."""
-    fleet.route(through_mirror=True)
+    fleet.route(mirror)
     ref = fleet.registries.ref(image)
     with CriPods(fleet.nodes[0].endpoint, log_root=workdir / "node-pull") as pods:
         start = time.monotonic()
@@ -132,7 +138,7 @@ def report(outcomes: list[Outcome], skipped: list[str], node_seconds: float | No
     for mode in skipped:
         print(f"{mode:9s}  not run: this tree's agent has no fleet pacing")
     direct = next((o for o in outcomes if o.mode == "a"), None)
-    paced = next((o for o in outcomes if o.mode == "c"), None)
+    paced = next((o for o in outcomes if o.mode in ("c-v3", "c")), None)
     print("\nparameters for bench/fleet_sim.py:")
     if node_seconds is not None and outcomes:
         node_rate = outcomes[0].layer_bytes / node_seconds / 1e6
@@ -145,7 +151,15 @@ def report(outcomes: list[Outcome], skipped: list[str], node_seconds: float | No
         span = after_seed[-1] - after_seed[0]
         if span > 0:
             mirror_rate = (len(after_seed) - 1) * paced.layer_bytes / span / 1e6
-            print(f"  --mirror-mb-s {mirror_rate:.1f}   (mode c, the nodes after the seed)")
+            print(f"  --mirror-mb-s {mirror_rate:.1f}   (mode {paced.mode}, the nodes after the seed)")
+
+
+def distribution3_mirror(front: str, workdir: Path) -> Any:
+    """A pull-through cache of ``front`` run by Distribution 3 (built by ``hack/distribution.sh``)."""
+    script = REPO / "hack" / "distribution.sh"
+    directory = subprocess.run(["bash", str(script)], capture_output=True, text=True, check=True).stdout
+    binary = str(Path(directory.strip()) / "registry")
+    return start_registry(workdir / "mirror-v3", proxy_remote_url=f"http://{front}", binary=binary)
 
 
 def main() -> int:
@@ -170,6 +184,9 @@ def main() -> int:
         registries = stack.enter_context(
             origin_with_mirror(workdir / "registries", rate_bytes_per_second=opts.rate_mb * 1e6)
         )
+        mirrors = {"2.8": registries.mirror.host}
+        if "c-v3" in modes:
+            mirrors["3"] = stack.enter_context(distribution3_mirror(registries.host, workdir)).host
         cluster = stack.enter_context(start_cluster(workdir / "cluster"))
         sandbox = push_sandbox_image(registries.origin)
         nodes = tuple(
@@ -191,10 +208,10 @@ def main() -> int:
                 registries.origin, f"bench/fleet-{mode}", model_size_bytes=opts.size_mib * MIB, seed=1200 + i
             )
             print(f"mode {mode}: {image.ref}", flush=True)
-            outcomes.append(run_mode(fleet, mode, image, workdir))
+            outcomes.append(run_mode(fleet, mode, image, workdir, mirrors))
             print(f"  all warm after {outcomes[-1].all_warm:.1f}s", flush=True)
-            if mode in THROUGH_MIRROR and node_seconds is None:
-                node_seconds = node_pull_seconds(fleet, image, workdir)
+            if mode in MIRROR_OF and node_seconds is None:
+                node_seconds = node_pull_seconds(fleet, image, workdir, mirrors[MIRROR_OF[mode]])
     print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     report(outcomes, skipped, node_seconds, opts.rate_mb)
     return 0

@@ -64,14 +64,14 @@ def test_without_pacing_the_origin_serves_the_model_once_per_node_directly_or_th
     direct = push_modelcar(origin, "models/fleet-direct", model_size_bytes=MODEL_BYTES, seed=1211)
     mirrored = push_modelcar(origin, "models/fleet-mirrored", model_size_bytes=MODEL_BYTES, seed=1212)
 
-    fleet.route(through_mirror=False)
+    fleet.route(None)
     with fleet_agents(fleet, fleet.nodes, tmp_path / "agents") as agents:
         warm_everywhere(fleet, agents, direct, agents.want(f"oci://{fleet.registries.ref(direct)}"))
         traffic = counter.blob(direct.layer_digests[-1])
         assert dict(traffic.by_agent) == {"containerd": NODES}, agents.logs()
         assert traffic.bytes_sent == NODES * layer_bytes(fleet, direct)
 
-        fleet.route(through_mirror=True)
+        fleet.route(fleet.registries.mirror.host)
         layer = mirrored.layer_digests[-1]
         release = counter.hold(layer)
         agents.want(f"oci://{fleet.registries.ref(mirrored)}")

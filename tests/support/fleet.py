@@ -2,7 +2,7 @@
 
 A ``Fleet`` is real kubelet nodes (``tests.support.node``) and the origin registry with its
 counting front and pull-through cache (``tests.support.mirror``). ``Fleet.route`` writes each
-node's ``hosts.toml`` for the origin's host: straight to the origin, or through the mirror first.
+node's ``hosts.toml`` for the origin's host: straight to the origin, or through a mirror first.
 
 ``fleet_agents`` runs ``prefetcher agent`` on each node as a process of its own (the node's CRI
 socket and image filesystem, the node's name, the cluster admin's kubeconfig, ``resyncSeconds`` 1)
@@ -45,9 +45,8 @@ class Fleet:
     nodes: tuple[NodeCluster, ...]
     registries: OriginMirror
 
-    def route(self, *, through_mirror: bool) -> None:
-        """Each node's containerd pulls the origin's images directly, or through the mirror first."""
-        mirror = self.registries.mirror.host if through_mirror else None
+    def route(self, mirror: str | None) -> None:
+        """Each node's containerd pulls the origin's images directly, or through ``mirror`` first."""
         for node in self.nodes:
             node.containerd.trust_registry(self.registries.host, mirror=mirror)
 

@@ -9,8 +9,9 @@
   nodes know it. Image references name ``front`` (see ``OriginMirror.ref``), so each blob byte the
   origin serves, to a node or to the cache, is counted per digest and per client;
 * the mirror: a second ``docker-registry`` in pull-through cache mode (``proxy.remoteurl``) of the
-  front, as a site would run next to its nodes. A node's containerd uses it for the origin's host
-  with ``RunningContainerd.trust_registry(front, mirror=mirror.host)``.
+  front, as a site would run next to its nodes, or with ``mirror_binary`` another build of
+  Distribution (``hack/distribution.sh`` builds v3). A node's containerd uses it for the origin's
+  host with ``RunningContainerd.trust_registry(front, mirror=mirror.host)``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.support.oci import PushedImage
-from tests.support.registry import RunningRegistry, start_registry
+from tests.support.registry import BINARY, RunningRegistry, start_registry
 from tests.support.registry_proxy import CountingProxy, counting_proxy
 from tests.support.throttle import throttled_proxy
 
@@ -51,7 +52,7 @@ class OriginMirror:
 
 @contextmanager
 def origin_with_mirror(
-    workdir: Path, *, rate_bytes_per_second: float | None = None
+    workdir: Path, *, rate_bytes_per_second: float | None = None, mirror_binary: str = BINARY
 ) -> Iterator[OriginMirror]:
     """Run origin, optional throttle, counting front and mirror under ``workdir`` inside the block."""
     with ExitStack() as stack:
@@ -61,6 +62,6 @@ def origin_with_mirror(
             upstream = stack.enter_context(throttled_proxy(origin.host, rate_bytes_per_second)).host
         front = stack.enter_context(counting_proxy(upstream))
         mirror = stack.enter_context(
-            start_registry(workdir / "mirror", proxy_remote_url=f"http://{front.host}")
+            start_registry(workdir / "mirror", proxy_remote_url=f"http://{front.host}", binary=mirror_binary)
         )
         yield OriginMirror(origin, front, mirror, rate_bytes_per_second)
