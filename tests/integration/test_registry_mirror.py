@@ -25,7 +25,6 @@ from tests.support.mirror import OriginMirror, origin_with_mirror
 from tests.support.oci import OCI_MANIFEST, push_modelcar
 from tests.support.pods import CriPods, wait_for
 from tests.support.registry import RunningRegistry
-from tests.support.registry_proxy import blob_digest
 
 pytestmark = pytest.mark.integration
 MIB = 1024**2
@@ -64,14 +63,6 @@ def layer_size(registries: OriginMirror, repository: str, digest: str) -> int:
     status, body = fetch(registries.origin.host, f"/v2/{repository}/blobs/{digest}")
     assert status == 200
     return len(body)
-
-
-def test_blob_digest_is_read_from_blob_paths_only() -> None:
-    digest = "sha256:" + "ab" * 32
-    assert blob_digest(f"/v2/models/a/b/blobs/{digest}") == digest
-    assert blob_digest(f"/v2/models/a/blobs/{digest}?ns=127.0.0.1%3A5000") == digest
-    assert blob_digest(f"/v2/models/a/manifests/{digest}") == ""
-    assert blob_digest("/v2/") == ""
 
 
 def test_the_front_counts_each_blob_get_its_bytes_and_who_asked(fleet_registries: OriginMirror) -> None:
