@@ -26,10 +26,10 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import BinaryIO
 
-from tests.support.registry import RunningRegistry
+from tests.support.registry import RunningRegistry, loopback_server
 
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "host"}
 _CHUNK = 1 << 20
@@ -97,16 +97,8 @@ def _handler(
 @contextmanager
 def _serving(upstream: str, copy: Copier, on_connection: Callable[[int], None]) -> Iterator[str]:
     """Serve a forwarding proxy on a free loopback port; yields its ``127.0.0.1:PORT``."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(upstream, copy, on_connection))
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
+    with loopback_server(_handler(upstream, copy, on_connection)) as url:
+        yield url.removeprefix("http://")
 
 
 # --- the gate --------------------------------------------------------------------------------
