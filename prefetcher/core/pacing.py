@@ -161,7 +161,7 @@ def pace(
             reason = WaitReason.FLEET if candidate.key in warm else WaitReason.SEED
             waits.append(Wait(candidate.ref, reason, _message(reason, count, policy, now - (since or now))))
             continue
-        chosen = (slot,)
+        chosen: tuple[str, ...] = (slot,)
         if policy.max_concurrent_pulls_per_registry > 0:
             cap = policy.max_concurrent_pulls_per_registry
             shared = next((s for i in range(cap) if free(s := registry_lease(candidate.registry, i))), None)
