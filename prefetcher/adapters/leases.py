@@ -69,7 +69,8 @@ class LeaseStore:
                 finally:
                     response.release_conn()
         except KubeStatusError as error:
-            if error.status in _CONFLICT_OR_GONE:
+            # 404 on an update: released meanwhile. On a create it means no such namespace: an error.
+            if error.status == 409 or (error.status == 404 and version is not None):
                 return None
             raise
 

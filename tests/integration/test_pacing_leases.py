@@ -144,3 +144,13 @@ def test_warm_digests_are_published_once_and_read_from_the_other_nodes(
     assert written == digest
     theirs.publish([])
     assert digest not in mine.elsewhere()
+
+
+def test_a_missing_namespace_is_an_error_not_a_lost_race(apiserver: ApiServer) -> None:
+    admin = api_client(kubeconfig=str(apiserver.kubeconfig))
+    try:
+        store = LeaseStore(admin, namespace=unique("missing"), clock=_Clock())
+        with pytest.raises(KubeError, match="404"):
+            store.take("modelcar-pull-x-0", holder="node-a", duration_seconds=30, version=None)
+    finally:
+        admin.close()
