@@ -18,6 +18,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 
+from prefetcher.config import FleetConfig
 from prefetcher.core.model import DesiredModel, Plan, Pull, Skip, SkipReason
 from prefetcher.core.pacing import Candidate, LeaseRecord, PacingPolicy, Turn, Wait, WaitReason, pace
 from prefetcher.errors import KubeError
@@ -206,3 +207,15 @@ class Pacer:
     def _failed(self, operation: str, err: KubeError) -> None:
         self._metrics.pacing_errors.labels(operation).inc()
         log.warning("fleet pacing: %s failed, pulls go ahead unpaced: %s", operation, err)
+
+
+def pacing_policy(fleet: FleetConfig) -> PacingPolicy:
+    """The ``fleet`` section as the pacing core reads it."""
+    return PacingPolicy(
+        enabled=fleet.pacing,
+        seed_pulls=fleet.seed_pulls,
+        max_concurrent_pulls=fleet.max_concurrent_pulls,
+        max_concurrent_pulls_per_registry=fleet.max_concurrent_pulls_per_registry,
+        lease_duration_seconds=fleet.lease_duration_seconds,
+        max_wait_seconds=fleet.max_wait_seconds,
+    )
