@@ -172,8 +172,10 @@ class Pacer:
             self._release(self._held.pop(ref, {}))
         self._finished.clear()
 
-    def summary(self) -> dict[str, object]:
-        """Models waiting for a turn by reason, and turns held, for the node summary."""
+    def summary(self) -> dict[str, object] | None:
+        """Models waiting for a turn by reason, and turns held, for the node summary; None when off."""
+        if not self._policy().enabled:
+            return None
         return {"waiting": dict(self.waiting), "holding": len(self._held)}
 
     def _observe(self, now: float) -> dict[str, LeaseRecord]:

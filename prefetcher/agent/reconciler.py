@@ -223,7 +223,7 @@ class Reconciler:
             "usedBytes": plan.used_bytes,
             "lastError": self.last_error,
             "restartPending": list(self._restart_pending()),
-        } | ({"pacing": self._pacer.summary()} if self._pacer is not None else {})
+        } | self._pacing_summary()
 
     def _wait(self, stop: threading.Event, seconds: float, failed: dict[str, str] | None) -> None:
         """Watch pulls until one finishes or a source wakes the loop (re-plan at once), or ``seconds`` pass.
@@ -256,6 +256,10 @@ class Reconciler:
             (stop if self._wake is None else self._wake).wait(
                 POLL_SECONDS if self._pulls.active else min(5.0, seconds)
             )
+
+    def _pacing_summary(self) -> dict[str, object]:
+        pacing = None if self._pacer is None else self._pacer.summary()
+        return {} if pacing is None else {"pacing": pacing}
 
     def _paced(self) -> bool:
         """True when a model of the last pass waits for its turn among the fleet's nodes."""
