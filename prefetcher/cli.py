@@ -25,6 +25,7 @@ from prefetcher.adapters.files import FileModelSource, WatchedFile, read_config_
 from prefetcher.adapters.registry import HttpRegistry
 from prefetcher.adapters.state import StateFile, StateLock
 from prefetcher.agent.health import HealthServer, parse_address
+from prefetcher.agent.pacer import Pacer, pacing_policy
 from prefetcher.agent.reconciler import Reconciler
 from prefetcher.agent.report import plan_document, print_plan
 from prefetcher.agent.restart import RestartNotice
@@ -34,10 +35,11 @@ from prefetcher.config import Config, load_config, load_models
 from prefetcher.core.state import AgentState
 from prefetcher.errors import ConfigError, PrefetchError
 from prefetcher.metrics import Metrics
-from prefetcher.ports import EventSink, ModelSource, PullSecrets
+from prefetcher.ports import EventSink, FleetWarmth, ModelSource, PullSecrets, SlotLeases
 from prefetcher.webhook.server import run_webhook
 
 log = logging.getLogger("prefetcher")
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -107,6 +109,7 @@ def _wire(
     pull_secrets: PullSecrets | None = None,
     wake: threading.Event | None = None,
     restart_pending: Callable[[], tuple[str, ...]] = tuple,
+    fleet: _Fleet | None = None,
 ) -> Reconciler:
     """Build the reconciler and its adapters from the configuration at start-up."""
     endpoint = cfg.cri_endpoint or detect_endpoint()
@@ -133,7 +136,38 @@ def _wire(
         pull_secrets=pull_secrets,
         wake=wake,
         restart_pending=restart_pending,
+        pacer=None if fleet is None else _pacer(fleet, events=events, metrics=metrics, config=config),
     )
+
+
+class _Fleet(NamedTuple):
+    """What fleet pacing talks to: the slot Leases, the nodes' warm digests, and this node's name."""
+
+    leases: SlotLeases
+    warmth: FleetWarmth
+    node: str
+
+
+def _pacer(fleet: _Fleet, *, events: EventSink, metrics: Metrics, config: Callable[[], Config]) -> Pacer:
+    return Pacer(
+        leases=fleet.leases,
+        warmth=fleet.warmth,
+        node=fleet.node,
+        clock=SystemClock(),
+        events=events,
+        metrics=metrics,
+        policy=lambda: pacing_policy(config().fleet),
+    )
+
+
+def _agent_namespace() -> str:
+    """Where the agent's Leases live: ``$POD_NAMESPACE``, else its ServiceAccount's, else ``default``."""
+    if os.environ.get("POD_NAMESPACE"):
+        return os.environ["POD_NAMESPACE"]
+    try:
+        return SERVICE_ACCOUNT_NAMESPACE.read_text().strip() or "default"
+    except OSError:  # not in a pod: a kubeconfig's user, as in development
+        return "default"
 
 
 class _Source(NamedTuple):
@@ -149,6 +183,7 @@ class _Source(NamedTuple):
     after_pass: Callable[..., None] | None = None
     pull_secrets: PullSecrets | None = None
     node_events: EventSink | None = None
+    fleet: _Fleet | None = None
 
 
 def _source(
@@ -171,9 +206,11 @@ def _source(
     # Imported here: the Kubernetes client costs ~18 MiB and 0.3 s that a models-file node never needs.
     from prefetcher.adapters.kube import IsvcModelSource  # noqa: PLC0415
     from prefetcher.adapters.kube_api import EventRecorder, KubeEventSink, api_client  # noqa: PLC0415
+    from prefetcher.adapters.leases import LeaseStore  # noqa: PLC0415
     from prefetcher.adapters.node_condition import NodeCondition, models_warm  # noqa: PLC0415
     from prefetcher.adapters.node_status import NodeSummary  # noqa: PLC0415
     from prefetcher.adapters.node_taint import StartupTaint  # noqa: PLC0415
+    from prefetcher.adapters.node_warm import NodeWarmth  # noqa: PLC0415
     from prefetcher.adapters.pull_secrets import ServiceAccountPullSecrets  # noqa: PLC0415
 
     api = api_client(kubeconfig=args.kubeconfig)
@@ -222,7 +259,9 @@ def _source(
         secrets = ServiceAccountPullSecrets(api, records=source.record, clock=SystemClock())
     # Models of the file are nobody's InferenceService: their Events go to this Node.
     merged: ModelSource = source if listed is None else MergedSource(listed, source)
-    return _Source(merged, events, source.stop, after_pass, secrets, node_events=events)
+    leases = LeaseStore(api, namespace=_agent_namespace(), clock=SystemClock())
+    fleet = _Fleet(leases, NodeWarmth(api, node_name=args.node_name), args.node_name)
+    return _Source(merged, events, source.stop, after_pass, secrets, node_events=events, fleet=fleet)
 
 
 def _run_agent(args: argparse.Namespace) -> int:
@@ -313,6 +352,7 @@ def _serve(
         pull_secrets=source.pull_secrets,
         wake=wake,
         restart_pending=restart_pending,
+        fleet=source.fleet,
     )
     stop = threading.Event()
     received: list[str] = []
@@ -370,6 +410,7 @@ def _run_plan(args: argparse.Namespace) -> int:
         state=saved,
         save_state=lambda _state: None,
         pull_secrets=source.pull_secrets,
+        fleet=source.fleet,
     )
     try:
         plan = reconciler.dry_run()

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 
 from prefetcher.agent.executor import PullOutcome, PullTracker
 from prefetcher.agent.keychain import Keychain
+from prefetcher.agent.pacer import Pacer
 from prefetcher.agent.resolver import Resolution, Resolver
 from prefetcher.config import Config
 from prefetcher.core import planner
@@ -43,7 +44,7 @@ log = logging.getLogger(__name__)
 # How often pulls under way are checked: a finished pull is noticed within this, so keep it short.
 POLL_SECONDS = 0.25
 # Transient skips (a pull under way, a retry pending) are not news; the failure itself was reported.
-_QUIET = (SkipReason.IN_FLIGHT, SkipReason.BACKOFF, SkipReason.UNRESOLVED)
+_QUIET = (SkipReason.IN_FLIGHT, SkipReason.BACKOFF, SkipReason.UNRESOLVED, SkipReason.PACED)
 
 
 @dataclass
@@ -75,6 +76,7 @@ class Reconciler:
         wake: threading.Event | None = None,
         pull_secrets: PullSecrets | None = None,
         restart_pending: Callable[[], tuple[str, ...]] = tuple,
+        pacer: Pacer | None = None,
     ) -> None:
         self._runtime = runtime
         self._source = source
@@ -90,6 +92,7 @@ class Reconciler:
         self._draw = draw
         self._after_pass = after_pass
         self._wake = wake
+        self._pacer = pacer
         keychain = Keychain(node=registry.credentials_for, pull_secrets=pull_secrets)
         self._resolver = Resolver(registry=registry, events=events, clock=clock.now, keychain=keychain)
         self._pulls = PullTracker(runtime=runtime, disk=disk, clock=clock, keychain=keychain)
@@ -110,9 +113,11 @@ class Reconciler:
                 self.report = PassReport(self.report.plan, {**failed, "runtime": error})
                 return 1
             if not once:
-                self._wait(stop, self._config().resync_seconds, None)
+                self._wait(stop, self._next_pass_seconds(), None)
             elif self._pulls.active:
                 self._wait(stop, self._config().pull.timeout_seconds, failed)
+            elif self._paced():
+                self._wait(stop, self._next_pass_seconds(), failed)
             elif not self.report.plan.pulls and not self.report.plan.evictions:
                 return 1 if failed else 0
         return 0
@@ -131,8 +136,11 @@ class Reconciler:
             self._remember(resolution.desired, cached_refs, self._clock.now())
             for eviction in plan.evictions:
                 self._evict(eviction)
-            for pull in plan.pulls[: max(cfg.pull.concurrency - len(self._pulls.active), 0)]:
-                self._pulls.start(pull, cfg)
+            free = cfg.pull.concurrency - len(self._pulls.active)
+            for pull in plan.pulls:
+                if free > 0 and (self._pacer is None or self._pacer.take(pull)):
+                    self._pulls.start(pull, cfg)
+                    free -= 1
         finally:
             self._flush()
         self._publish(plan, disk)
@@ -167,7 +175,10 @@ class Reconciler:
             backoff_until=backoff,
             in_flight=self._pulls.reserved(),
         )
-        return replace(plan, skips=resolution.skips + plan.skips), resolution, cached_refs, disk
+        plan = replace(plan, skips=resolution.skips + plan.skips)
+        if self._pacer is not None:
+            plan = self._pacer.decide(plan)
+        return plan, resolution, cached_refs, disk
 
     def _pass_safely(self, failed: dict[str, str] | None) -> str | None:
         """Run a pass; on a PrefetchError log it once and return its message (the loop carries on)."""
@@ -185,7 +196,11 @@ class Reconciler:
         self.passes += 1
         self.healthy = True
         self._metrics.last_reconcile.set(self._clock.now())
-        self._run_after_pass(settled=not self._pulls.active and not self.report.plan.pulls)
+        self._run_after_pass(
+            settled=not self._pulls.active and not self.report.plan.pulls and not self._paced()
+        )
+        if self._pacer is not None:
+            self._pacer.settle(self.report.plan.warm)
         return None
 
     def _run_after_pass(self, *, settled: bool) -> None:
@@ -208,7 +223,7 @@ class Reconciler:
             "usedBytes": plan.used_bytes,
             "lastError": self.last_error,
             "restartPending": list(self._restart_pending()),
-        }
+        } | self._pacing_summary()
 
     def _wait(self, stop: threading.Event, seconds: float, failed: dict[str, str] | None) -> None:
         """Watch pulls until one finishes or a source wakes the loop (re-plan at once), or ``seconds`` pass.
@@ -221,7 +236,11 @@ class Reconciler:
         while not stop.is_set() and self._clock.monotonic() < deadline:
             limit = self.report.plan.limit_bytes or None  # of the last pass; 0 before the first
             finished = self._pulls.poll(stall_seconds=stall_seconds, limit_bytes=limit)
+            if self._pacer is not None:
+                self._pacer.renew({ref: f.last_progress for ref, f in self._pulls.active.items()})
             for outcome in finished:
+                if self._pacer is not None:
+                    self._pacer.finished(outcome.model_ref, succeeded=outcome.error is None)
                 if outcome.error is None:
                     self._record_success(outcome)
                 else:
@@ -237,6 +256,19 @@ class Reconciler:
             (stop if self._wake is None else self._wake).wait(
                 POLL_SECONDS if self._pulls.active else min(5.0, seconds)
             )
+
+    def _pacing_summary(self) -> dict[str, object]:
+        pacing = None if self._pacer is None else self._pacer.summary()
+        return {} if pacing is None else {"pacing": pacing}
+
+    def _paced(self) -> bool:
+        """True when a model of the last pass waits for its turn among the fleet's nodes."""
+        return any(s.reason is SkipReason.PACED for s in self.report.plan.skips)
+
+    def _next_pass_seconds(self) -> float:
+        """The resync period, or sooner while a model waits for a turn."""
+        cfg = self._config()
+        return min(cfg.resync_seconds, cfg.fleet.poll_seconds) if self._paced() else cfg.resync_seconds
 
     def _record_success(self, outcome: PullOutcome) -> None:
         now, ref, cost = self._clock.now(), outcome.model_ref, outcome.cost_bytes
