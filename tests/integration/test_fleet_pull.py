@@ -11,32 +11,72 @@ origin registry behind the counting front, Distribution's pull-through cache as 
   arrives while that fetch is in flight and goes to the origin too. The origin holds the layer's
   body until it has seen every request, so the window is surely open and the count does not
   depend on how fast the agents start: N + 1 transfers for N nodes, none by containerd.
+* Through the mirror, paced (``fleet.seedPulls`` 1): one node pulls while the others wait for a
+  node to hold the model warm; by then the cache has stored it. The origin serves the layer in one
+  miss of the cache, whatever N: two transfers with Distribution 2.8.2, none for the other nodes.
 """
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 
-from tests.support.cluster import NodeClusterFactory
-from tests.support.fleet import Fleet, FleetAgents, fleet_agents, warm_seconds
+from tests.support.cluster import DEFAULT_IMAGE_FS_MB, Cluster
+from tests.support.fleet import UNPACED, Fleet, FleetAgents, fleet_agents, paced, warm_seconds
+from tests.support.kubelet import KubeletOptions
 from tests.support.mirror import origin_with_mirror
-from tests.support.oci import PushedImage, push_modelcar
+from tests.support.node import start_node
+from tests.support.oci import PushedImage, push_modelcar, push_sandbox_image
 from tests.support.pods import wait_for
+from tests.support.registry import RunningRegistry
 
 pytestmark = pytest.mark.integration
 NODES = 3
 MODEL_BYTES = 6 * 1024**2
 WARM_TIMEOUT_SECONDS = 180.0
+# The origin's link: a pull of the model takes seconds, so every agent sees the others' turns.
+ORIGIN_RATE = 4 * 1024**2
+# One miss of Debian's docker-registry (2.8.2): a transfer streamed to the node, another to store.
+MISS_TRANSFERS = 2
+
+
+@pytest.fixture(scope="module")
+def fleet(
+    cluster: Cluster,
+    registry: RunningRegistry,
+    cluster_isvc_crd: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Fleet]:
+    """Three Ready nodes and the registries, shared by this module's tests (each its own models)."""
+    workdir = tmp_path_factory.mktemp("fleet")
+    sandbox = push_sandbox_image(registry)
+    with ExitStack() as stack:
+        nodes = tuple(
+            stack.enter_context(
+                start_node(
+                    cluster,
+                    workdir / f"n{i}",
+                    registry_host=registry.host,
+                    sandbox_image=sandbox.tag_ref,
+                    image_fs_mb=DEFAULT_IMAGE_FS_MB,
+                    options=KubeletOptions(),
+                )
+            )
+            for i in range(NODES)
+        )
+        registries = origin_with_mirror(workdir / "registries", rate_bytes_per_second=ORIGIN_RATE)
+        yield Fleet(nodes, stack.enter_context(registries))
 
 
 @pytest.fixture
-def fleet(node_cluster_factory: NodeClusterFactory, tmp_path: Path) -> Iterator[Fleet]:
-    nodes = tuple(node_cluster_factory() for _ in range(NODES))
-    with origin_with_mirror(tmp_path / "registries") as registries:
-        yield Fleet(nodes, registries)
+def namespace(cluster: Cluster) -> str:
+    name = f"fleet-{uuid.uuid4().hex[:8]}"
+    cluster.create_namespace(name)
+    return name
 
 
 def layer_bytes(fleet: Fleet, image: PushedImage) -> int:
@@ -58,14 +98,14 @@ def warm_everywhere(fleet: Fleet, agents: FleetAgents, image: PushedImage, since
 
 
 def test_without_pacing_the_origin_serves_the_model_once_per_node_directly_or_through_a_cold_mirror(
-    fleet: Fleet, tmp_path: Path
+    fleet: Fleet, namespace: str, tmp_path: Path
 ) -> None:
     origin, counter = fleet.registries.origin, fleet.registries.front.counter
     direct = push_modelcar(origin, "models/fleet-direct", model_size_bytes=MODEL_BYTES, seed=1211)
     mirrored = push_modelcar(origin, "models/fleet-mirrored", model_size_bytes=MODEL_BYTES, seed=1212)
 
     fleet.route(None)
-    with fleet_agents(fleet, fleet.nodes, tmp_path / "agents") as agents:
+    with fleet_agents(fleet, fleet.nodes, tmp_path, namespace=namespace, settings=UNPACED) as agents:
         warm_everywhere(fleet, agents, direct, agents.want(f"oci://{fleet.registries.ref(direct)}"))
         traffic = counter.blob(direct.layer_digests[-1])
         assert dict(traffic.by_agent) == {"containerd": NODES}, agents.logs()
@@ -90,3 +130,29 @@ def test_without_pacing_the_origin_serves_the_model_once_per_node_directly_or_th
     traffic = counter.blob(layer)
     assert dict(traffic.by_agent) == {"go-http-client": NODES + 1}, "containerd bypassed the mirror"
     assert traffic.bytes_sent == (NODES + 1) * layer_bytes(fleet, mirrored)
+
+
+def test_paced_through_the_mirror_the_origin_serves_the_model_in_one_cache_miss(
+    fleet: Fleet, namespace: str, tmp_path: Path
+) -> None:
+    image = push_modelcar(
+        fleet.registries.origin, "models/fleet-paced", model_size_bytes=MODEL_BYTES, seed=1213
+    )
+    layer, counter = image.layer_digests[-1], fleet.registries.front.counter
+    fleet.route(fleet.registries.mirror.host)
+    with fleet_agents(fleet, fleet.nodes, tmp_path, namespace=namespace, settings=paced(NODES)) as agents:
+        since = agents.want(f"oci://{fleet.registries.ref(image)}")
+        warm = warm_seconds(
+            fleet.nodes,
+            fleet.registries.ref(image),
+            since=since,
+            agents=agents,
+            timeout_seconds=WARM_TIMEOUT_SECONDS,
+        )
+        waited = [a for a in agents.agents if "waiting for a turn to pull" in a.log()]
+        log = agents.logs()
+    assert "fleet pacing:" not in log, "pacing failed open"
+    assert len(waited) == NODES - 1, log
+    traffic = counter.blob(layer)
+    assert dict(traffic.by_agent) == {"go-http-client": MISS_TRANSFERS}, (traffic, warm, log)
+    assert traffic.bytes_sent == MISS_TRANSFERS * layer_bytes(fleet, image)

@@ -6,7 +6,10 @@ node's ``hosts.toml`` for the origin's host: straight to the origin, or through 
 
 ``fleet_agents`` runs ``prefetcher agent`` on each node as a process of its own (the node's CRI
 socket and image filesystem, the node's name, the cluster admin's kubeconfig, ``resyncSeconds`` 1)
-with a models file that starts empty, and waits until every agent has finished a pass. Then
+following the InferenceServices of one namespace (none; they need KServe's CRD) and a models file
+that starts empty, and waits until every agent has finished a pass. Following InferenceServices is
+what gives an agent the API access pull pacing needs; its Leases go to the ``default`` namespace
+(no ``$POD_NAMESPACE`` outside a pod). Then
 ``FleetAgents.want(uri)`` writes the model into the models file (a rename, so each agent reads it
 whole at its next pass): every node wants the same model at the same moment, as when an
 InferenceService appears for a node pool. ``warm_seconds`` polls each node's runtime (CRI
@@ -14,7 +17,8 @@ InferenceService appears for a node pool. ``warm_seconds`` polls each node's run
 
 Agents run as processes, not from ``deploy/``: the DaemonSet install pins one node per overlay
 (``tests.support.agent_deploy``) and costs an image pull per node, neither of which this
-measures. Settings such as ``fleet:`` are merged into every agent's configuration.
+measures. ``UNPACED`` and ``paced(n)`` are the ``fleet:`` settings compared; they and any other
+settings are merged into every agent's configuration.
 """
 
 from __future__ import annotations
@@ -34,6 +38,14 @@ from tests.support.node import NodeCluster
 from tests.support.pods import wait_for
 
 RESYNC_SECONDS = 1.0
+UNPACED: dict[str, Any] = {"fleet": {"pacing": False}}
+
+
+def paced(nodes: int) -> dict[str, Any]:
+    """Pacing with one seed, then every node at once; a waiting node looks again every second."""
+    return {"fleet": {"pacing": True, "seedPulls": 1, "maxConcurrentPulls": nodes, "pollSeconds": 1}}
+
+
 AGENT_START_TIMEOUT_SECONDS = 120.0
 POLL_SECONDS = 0.1
 
@@ -84,7 +96,12 @@ def _passed(agent: AgentProcess) -> bool:
 
 @contextmanager
 def fleet_agents(
-    fleet: Fleet, nodes: Sequence[NodeCluster], workdir: Path, *, settings: Mapping[str, Any] | None = None
+    fleet: Fleet,
+    nodes: Sequence[NodeCluster],
+    workdir: Path,
+    *,
+    namespace: str,
+    settings: Mapping[str, Any],
 ) -> Iterator[FleetAgents]:
     """One agent per node of ``nodes``, idle on an empty models file, until the block exits."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -100,7 +117,8 @@ def fleet_agents(
                 [fleet.registries.host],
                 home,
                 resyncSeconds=RESYNC_SECONDS,
-                **(settings or {}),
+                kubernetes={"namespaces": [namespace]},
+                **settings,
             )
             (home / "agent.yaml").write_text(json.dumps(config))
             agent = running_agent(
@@ -108,7 +126,7 @@ def fleet_agents(
                 node=node.node_name,
                 kubeconfig=node.apiserver.kubeconfig,
                 log_file=home / "agent.log",
-                extra=("--models", str(models)),
+                extra=("--models", str(models), "--inferenceservices"),
             )
             agents.append(stack.enter_context(agent))
         for agent in agents:
