@@ -50,3 +50,4 @@ bench: deps ## each prints its figures and the ratio to a baseline measured in t
 	$(PY) bench/webhook_latency.py
 	$(PY) bench/webhook_cpu.py
 	$(PY) bench/isvc_scale.py
+	$(PY) bench/fleet_pull.py
