@@ -41,7 +41,7 @@ test-unit: venv
 demo: deps ## the agent on an embedded default: private registry + containerd, a sample modelcar, plan and result
 	$(PY) hack/demo.py
 
-bench: deps ## each prints its figures and the ratio to a baseline measured in the same run
+bench: deps k8s-assets kserve-assets ## each prints its figures and the ratio to a baseline measured in the same run
 	$(PY) bench/planner_bench.py
 	$(PY) bench/idle_rss.py
 	$(PY) bench/pull_overhead.py
