@@ -128,7 +128,8 @@ def report(outcomes: list[Outcome], node_seconds: float | None, rate_mb: float) 
             f"{o.all_warm:7.1f}s  {ratio}  {per_node}"
         )
     direct = next((o for o in outcomes if o.mode == "a"), None)
-    paced = next((o for o in outcomes if o.mode in ("c-v3", "c")), None)
+    by_mode = {o.mode: o for o in outcomes}
+    paced = by_mode.get("c-v3") or by_mode.get("c")
     print("\nparameters for bench/fleet_sim.py:")
     if node_seconds is not None and outcomes:
         node_rate = outcomes[0].layer_bytes / node_seconds / 1e6

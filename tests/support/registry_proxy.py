@@ -24,7 +24,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from typing import BinaryIO
@@ -66,6 +66,11 @@ def _handler(
 
         def log_message(self, format: str, *args: object) -> None:
             return
+
+        def handle(self) -> None:
+            # A client may reset a kept-alive connection instead of closing it (Distribution 3 does).
+            with suppress(ConnectionResetError, BrokenPipeError):
+                super().handle()
 
         def _forward(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
