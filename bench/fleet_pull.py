@@ -28,12 +28,16 @@ follow the InferenceServices of a namespace (KServe's CRD is installed; ``hack/k
 besides the models file, which is what gives them the API access pacing needs.
 
     .venv/bin/python bench/fleet_pull.py [--nodes 4] [--size-mib 1024] [--rate-mb 50] \\
-        [--modes single,a,a-mirror,b,c,c-v3]
+        [--modes single,a,a-mirror,b,c,c-v3] [--json measured.json]
+
+``--json`` writes the parameters and each mode's all-warm time and origin bytes in the form
+``bench/fleet_sim.py --measured`` reads.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -117,7 +121,7 @@ def node_pull_seconds(fleet: Fleet, image: PushedImage, workdir: Path, mirror: s
     return seconds
 
 
-def report(outcomes: list[Outcome], node_seconds: float | None, rate_mb: float) -> None:
+def report(outcomes: list[Outcome]) -> None:
     single = next((o.all_warm for o in outcomes if o.mode == "single"), None)
     print("\nmode       nodes  origin/model  all-warm   vs single  per node (s)")
     for o in outcomes:
@@ -127,22 +131,44 @@ def report(outcomes: list[Outcome], node_seconds: float | None, rate_mb: float) 
             f"{o.mode:9s}  {len(o.warm):5d}  {o.origin_bytes / o.layer_bytes:11.2f}x  "
             f"{o.all_warm:7.1f}s  {ratio}  {per_node}"
         )
-    direct = next((o for o in outcomes if o.mode == "a"), None)
+
+
+def sim_parameters(outcomes: list[Outcome], node_seconds: float | None, nodes: int) -> dict[str, Any]:
+    """What ``bench/fleet_sim.py --measured`` reads: the measured rates and what each mode saw."""
     by_mode = {o.mode: o for o in outcomes}
-    paced = by_mode.get("c-v3") or by_mode.get("c")
-    print("\nparameters for bench/fleet_sim.py:")
-    if node_seconds is not None and outcomes:
-        node_rate = outcomes[0].layer_bytes / node_seconds / 1e6
-        print(f"  --node-mb-s {node_rate:.1f}   (one node alone from the warm cache)")
+    layer = outcomes[0].layer_bytes
+    doc: dict[str, Any] = {"nodes": nodes, "modelBytes": layer, "seedPulls": 1, "maxConcurrentPulls": nodes}
+    if node_seconds:
+        doc["nodeMBs"] = round(layer / node_seconds / 1e6, 1)
+    direct = by_mode.get("a")
     if direct is not None and direct.origin_seconds > 0:
-        origin_rate = direct.origin_bytes / direct.origin_seconds / 1e6
-        print(f"  --origin-mb-s {origin_rate:.1f}   (measured in mode a; throttle set to {rate_mb:g})")
+        doc["originMBs"] = round(direct.origin_bytes / direct.origin_seconds / 1e6, 1)
+    measured = {
+        o.mode: {"allWarmSeconds": round(o.all_warm, 1), "originEgressBytes": o.origin_bytes}
+        for o in outcomes
+    }
+    paced = by_mode.get("c-v3") or by_mode.get("c")
     if paced is not None:
-        after_seed = sorted(paced.warm.values())
-        span = after_seed[-1] - after_seed[0]
-        if span > 0:
-            mirror_rate = (len(after_seed) - 1) * paced.layer_bytes / span / 1e6
-            print(f"  --mirror-mb-s {mirror_rate:.1f}   (mode {paced.mode}, the nodes after the seed)")
+        doc["mirrorFetches"] = round(paced.origin_bytes / layer)
+        warm = sorted(paced.warm.values())
+        if warm[-1] > warm[0]:
+            doc["mirrorMBs"] = round((len(warm) - 1) * layer / (warm[-1] - warm[0]) / 1e6, 1)
+        measured["c"] = measured[paced.mode]
+    doc["measured"] = measured
+    return doc
+
+
+def print_parameters(doc: dict[str, Any], rate_mb: float) -> None:
+    print("\nparameters for bench/fleet_sim.py:")
+    notes = {
+        "nodeMBs": ("--node-mb-s", "one node alone from the warm cache"),
+        "originMBs": ("--origin-mb-s", f"measured in mode a; throttle set to {rate_mb:g}"),
+        "mirrorMBs": ("--mirror-mb-s", "the cache to the nodes after the seed, c-v3 else c"),
+        "mirrorFetches": ("--mirror-fetches", "origin transfers per cache miss, c-v3 else c"),
+    }
+    for key, (flag, note) in notes.items():
+        if key in doc:
+            print(f"  {flag} {doc[key]:g}   ({note})")
 
 
 def distribution3_mirror(front: str, workdir: Path) -> Any:
@@ -159,6 +185,7 @@ def main() -> int:
     parser.add_argument("--size-mib", type=int, default=1024)
     parser.add_argument("--rate-mb", type=float, default=50.0, help="origin bandwidth, MB/s (10^6 bytes)")
     parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--json", type=Path, help="write the parameters and figures for fleet_sim.py here")
     opts = parser.parse_args()
     modes = [m for m in opts.modes.split(",") if m]
     unknown = set(modes) - set(MODES)
@@ -205,7 +232,11 @@ def main() -> int:
             if mode in MIRROR_OF and node_seconds is None:
                 node_seconds = node_pull_seconds(fleet, image, workdir, mirrors[MIRROR_OF[mode]])
     print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    report(outcomes, node_seconds, opts.rate_mb)
+    report(outcomes)
+    doc = sim_parameters(outcomes, node_seconds, opts.nodes)
+    print_parameters(doc, opts.rate_mb)
+    if opts.json:
+        opts.json.write_text(json.dumps(doc, indent=2) + "\n")
     return 0
 
 
