@@ -38,16 +38,14 @@ from tests.support.node import NodeCluster
 from tests.support.pods import wait_for
 
 RESYNC_SECONDS = 1.0
+AGENT_START_TIMEOUT_SECONDS = 120.0
+POLL_SECONDS = 0.1
 UNPACED: dict[str, Any] = {"fleet": {"pacing": False}}
 
 
 def paced(nodes: int) -> dict[str, Any]:
     """Pacing with one seed, then every node at once; a waiting node looks again every second."""
     return {"fleet": {"pacing": True, "seedPulls": 1, "maxConcurrentPulls": nodes, "pollSeconds": 1}}
-
-
-AGENT_START_TIMEOUT_SECONDS = 120.0
-POLL_SECONDS = 0.1
 
 
 @dataclass(frozen=True)
