@@ -81,6 +81,7 @@ class Pacer:
             node=self._node,
             now=now,
             waiting_since=self._waiting_since,
+            busy=frozenset(name for held in self._held.values() for name in held),
         )
         self._turns = {t.ref: t for t in result.turns}
         waits = {w.ref: w for w in result.waits}
@@ -157,7 +158,7 @@ class Pacer:
         if succeeded:
             self._finished.add(ref)
         else:
-            self._release(self._held.pop(ref, {}))
+            self._drop(ref)
 
     def settle(self, warm: Iterable[DesiredModel]) -> None:
         """After a pass: publish the digests warm here, then release the Leases of finished pulls."""
@@ -169,7 +170,7 @@ class Pacer:
             self._failed("publish", err)
             return
         for ref in self._finished:
-            self._release(self._held.pop(ref, {}))
+            self._drop(ref)
         self._finished.clear()
 
     def summary(self) -> dict[str, object] | None:
@@ -189,6 +190,11 @@ class Pacer:
             n: LeaseRecord(n, s.holder, s.version, seen[n][1], s.duration_seconds)
             for n, s in self._states.items()
         }
+
+    def _drop(self, ref: str) -> None:
+        """Release the Leases of ``ref``'s pull and forget them."""
+        self._renewed.pop(ref, None)
+        self._release(self._held.pop(ref, {}))
 
     def _release(self, held: Mapping[str, str]) -> None:
         for name, version in held.items():
