@@ -173,6 +173,12 @@ class Pacer:
             self._drop(ref)
         self._finished.clear()
 
+    def close(self) -> None:
+        """Release every Lease held: the agent stops and abandons its pulls."""
+        for ref in list(self._held):
+            self._drop(ref)
+        self._finished.clear()
+
     def summary(self) -> dict[str, object] | None:
         """Models waiting for a turn by reason, and turns held, for the node summary; None when off."""
         if not self._policy().enabled:

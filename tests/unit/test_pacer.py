@@ -177,3 +177,10 @@ def test_a_pull_under_way_keeps_its_registry_slot_from_this_nodes_next_pull(node
     assert start(a, planned(LLAMA)) == [LLAMA.ref.canonical()]
     assert not start(a, planned(SMALL))
     assert a.pacer.summary() == {"waiting": {"registry": 1}, "holding": 1}
+
+
+def test_an_agent_that_stops_passes_its_turns_on_at_once(node) -> None:  # type: ignore[no-untyped-def]
+    a, b = node("a"), node("b")
+    assert start(a, planned(LLAMA))
+    a.pacer.close()
+    assert start(b, planned(LLAMA)) == [LLAMA.ref.canonical()]
