@@ -163,6 +163,7 @@ class Pacer:
     def settle(self, warm: Iterable[DesiredModel]) -> None:
         """After a pass: publish the digests warm here, then release the Leases of finished pulls."""
         if not self._policy().enabled:
+            self.close()  # pacing turned off by a reload: hold nothing
             return
         try:
             self._warmth.publish(model_key(m) for m in warm)
