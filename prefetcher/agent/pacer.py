@@ -56,6 +56,7 @@ class Pacer:
         self._held: dict[str, dict[str, str]] = {}  # ref -> {lease name: version}
         self._renewed: dict[str, float] = {}
         self._finished: set[str] = set()
+        self._announced: dict[str, WaitReason] = {}
         self.waiting: Counter[str] = Counter()
 
     def decide(self, plan: Plan) -> Plan:
@@ -87,8 +88,10 @@ class Pacer:
         waits = {w.ref: w for w in result.waits}
         since = self._waiting_since
         self._waiting_since = {r: since.get(r, now) for r in by_ref if r in waits or r in since}
-        for wait in result.waits:
-            log.info("waiting for a turn to pull %s (%s): %s", wait.ref, wait.reason.value, wait.message)
+        for wait in result.waits:  # logged when a wait starts or its reason changes, not every look
+            if self._announced.get(wait.ref) is not wait.reason:
+                log.info("waiting for a turn to pull %s (%s): %s", wait.ref, wait.reason.value, wait.message)
+        self._announced = {w.ref: w.reason for w in result.waits}
         skips = tuple(Skip(r, SkipReason.PACED, w.message, by_ref[r].model.sources) for r, w in waits.items())
         pulls = tuple(p for p in plan.pulls if p.model.ref.canonical() not in waits)
         return self._count(replace(plan, pulls=pulls, skips=plan.skips + skips), waits)
