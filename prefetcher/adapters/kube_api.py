@@ -124,6 +124,20 @@ def list_page(
     return document
 
 
+def list_items(
+    collection: Collection, *, timeout_seconds: float, limit: int = 500
+) -> list[Mapping[str, Any]]:
+    """Every item of a list, page after page."""
+    items: list[Mapping[str, Any]] = []
+    token: str | None = None
+    while True:
+        page = list_page(collection, continue_token=token, limit=limit, timeout_seconds=timeout_seconds)
+        items.extend(item for item in page.get("items") or () if isinstance(item, Mapping))
+        token = (page.get("metadata") or {}).get("continue")
+        if not token:
+            return items
+
+
 def open_watch(
     collection: Collection, *, resource_version: str, timeout_seconds: int, connect_timeout_seconds: float
 ) -> Any:

@@ -12,13 +12,13 @@ timeout, and client or transport errors leave as ``KubeError`` (see ``kube_api.k
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes import client
 
-from prefetcher.adapters.kube_api import KubeStatusError, kube_errors
-from prefetcher.errors import KubeError
+from prefetcher.adapters.kube_api import Collection, KubeStatusError, kube_errors, list_items
 from prefetcher.ports import Clock, LeaseState
 
 LABEL = "modelcar-prefetcher.io/pacing"
@@ -34,20 +34,12 @@ class LeaseStore:
 
     def list(self) -> dict[str, LeaseState]:
         """Every pacing Lease of the namespace, by name."""
-        with kube_errors(f"listing leases in {self._namespace}"):
-            response = self._leases.list_namespaced_lease(
-                self._namespace,
-                label_selector=f"{LABEL}=slot",
-                _preload_content=False,
-                _request_timeout=(self._timeout, self._timeout),
-            )
-            try:
-                document = json.loads(response.data)
-            finally:
-                response.release_conn()
-        if not isinstance(document, dict) or not isinstance(document.get("items"), list):
-            raise KubeError(f"listing leases in {self._namespace}: response is not a list")
-        states = (_state(item) for item in document["items"] if isinstance(item, dict))
+        slots = Collection(
+            f"leases in {self._namespace}",
+            self._leases.list_namespaced_lease,
+            (("namespace", self._namespace), ("label_selector", f"{LABEL}=slot")),
+        )
+        states = (_state(item) for item in list_items(slots, timeout_seconds=self._timeout))
         return {s.name: s for s in states}
 
     def take(self, name: str, *, holder: str, duration_seconds: float, version: str | None) -> str | None:
@@ -108,7 +100,7 @@ class LeaseStore:
         return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": metadata, "spec": spec}
 
 
-def _state(item: dict[str, Any]) -> LeaseState:
+def _state(item: Mapping[str, Any]) -> LeaseState:
     metadata, spec = item.get("metadata") or {}, item.get("spec") or {}
     return LeaseState(
         name=str(metadata.get("name", "")),

@@ -8,14 +8,12 @@ warm, which is when more than ``fleet.seedPulls`` nodes may pull it.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from typing import Any
 
 from kubernetes import client
 
-from prefetcher.adapters.kube_api import kube_errors
-from prefetcher.errors import KubeError
+from prefetcher.adapters.kube_api import Collection, kube_errors, list_items
 
 ANNOTATION = "modelcar-prefetcher.io/warm"
 METADATA_ONLY = "application/json;as=PartialObjectMetadataList;v=v1;g=meta.k8s.io,application/json"
@@ -44,21 +42,10 @@ class NodeWarmth:
 
     def elsewhere(self) -> frozenset[str]:
         """The digests some other node holds warm."""
-        with kube_errors("listing nodes"):
-            response = self._core.list_node(
-                _headers={"Accept": METADATA_ONLY},
-                _preload_content=False,
-                _request_timeout=(self._timeout, self._timeout),
-            )
-            try:
-                document = json.loads(response.data)
-            finally:
-                response.release_conn()
-        if not isinstance(document, dict) or not isinstance(document.get("items"), list):
-            raise KubeError("listing nodes: response is not a list")
+        nodes = Collection("nodes", self._core.list_node, (("_headers", {"Accept": METADATA_ONLY}),))
         keys: set[str] = set()
-        for item in document["items"]:
-            metadata = item.get("metadata") or {} if isinstance(item, dict) else {}
+        for item in list_items(nodes, timeout_seconds=self._timeout):
+            metadata = item.get("metadata") or {}
             if metadata.get("name") != self._node:
                 text = (metadata.get("annotations") or {}).get(ANNOTATION) or ""
                 keys.update(k for k in text.split(",") if k)

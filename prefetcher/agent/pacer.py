@@ -56,6 +56,7 @@ class Pacer:
         self._held: dict[str, dict[str, str]] = {}  # ref -> {lease name: version}
         self._renewed: dict[str, float] = {}
         self._finished: set[str] = set()
+        self._announced: dict[str, WaitReason] = {}
         self.waiting: Counter[str] = Counter()
 
     def decide(self, plan: Plan) -> Plan:
@@ -81,13 +82,16 @@ class Pacer:
             node=self._node,
             now=now,
             waiting_since=self._waiting_since,
+            busy=frozenset(name for held in self._held.values() for name in held),
         )
         self._turns = {t.ref: t for t in result.turns}
         waits = {w.ref: w for w in result.waits}
         since = self._waiting_since
         self._waiting_since = {r: since.get(r, now) for r in by_ref if r in waits or r in since}
-        for wait in result.waits:
-            log.info("waiting for a turn to pull %s (%s): %s", wait.ref, wait.reason.value, wait.message)
+        for wait in result.waits:  # logged when a wait starts or its reason changes, not every look
+            if self._announced.get(wait.ref) is not wait.reason:
+                log.info("waiting for a turn to pull %s (%s): %s", wait.ref, wait.reason.value, wait.message)
+        self._announced = {w.ref: w.reason for w in result.waits}
         skips = tuple(Skip(r, SkipReason.PACED, w.message, by_ref[r].model.sources) for r, w in waits.items())
         pulls = tuple(p for p in plan.pulls if p.model.ref.canonical() not in waits)
         return self._count(replace(plan, pulls=pulls, skips=plan.skips + skips), waits)
@@ -157,11 +161,12 @@ class Pacer:
         if succeeded:
             self._finished.add(ref)
         else:
-            self._release(self._held.pop(ref, {}))
+            self._drop(ref)
 
     def settle(self, warm: Iterable[DesiredModel]) -> None:
         """After a pass: publish the digests warm here, then release the Leases of finished pulls."""
         if not self._policy().enabled:
+            self.close()  # pacing turned off by a reload: hold nothing
             return
         try:
             self._warmth.publish(model_key(m) for m in warm)
@@ -169,7 +174,13 @@ class Pacer:
             self._failed("publish", err)
             return
         for ref in self._finished:
-            self._release(self._held.pop(ref, {}))
+            self._drop(ref)
+        self._finished.clear()
+
+    def close(self) -> None:
+        """Release every Lease held: the agent stops and abandons its pulls."""
+        for ref in list(self._held):
+            self._drop(ref)
         self._finished.clear()
 
     def summary(self) -> dict[str, object] | None:
@@ -189,6 +200,11 @@ class Pacer:
             n: LeaseRecord(n, s.holder, s.version, seen[n][1], s.duration_seconds)
             for n, s in self._states.items()
         }
+
+    def _drop(self, ref: str) -> None:
+        """Release the Leases of ``ref``'s pull and forget them."""
+        self._renewed.pop(ref, None)
+        self._release(self._held.pop(ref, {}))
 
     def _release(self, held: Mapping[str, str]) -> None:
         for name, version in held.items():

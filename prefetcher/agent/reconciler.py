@@ -104,6 +104,13 @@ class Reconciler:
 
     def run(self, stop: threading.Event, *, once: bool = False) -> int:
         """Reconcile until ``stop`` is set; with ``once``, until nothing is left to do (exit code)."""
+        try:
+            return self._loop(stop, once=once)
+        finally:
+            if self._pacer is not None:  # turns of abandoned pulls pass on now, not at their expiry
+                self._pacer.close()
+
+    def _loop(self, stop: threading.Event, *, once: bool) -> int:
         failed: dict[str, str] = {}
         while not stop.is_set():
             if self._wake is not None:

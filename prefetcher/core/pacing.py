@@ -132,15 +132,17 @@ def pace(
     node: str,
     now: float,
     waiting_since: Mapping[str, float],
+    busy: frozenset[str] = frozenset(),
 ) -> Pacing:
     """Decide turns and waits for ``candidates`` (priority order); see the module docstring.
 
     ``warm`` holds the keys some other node holds warm; ``waiting_since`` when each reference
-    started waiting here (same clock as ``now`` and the leases' ``seen_at``).
+    started waiting here (same clock as ``now`` and the leases' ``seen_at``); ``busy`` the slots this
+    node holds for its pulls under way, which its other pulls may not share.
     """
     if not policy.enabled:
         return Pacing(turns=tuple(Turn(c.ref) for c in candidates))
-    taken: set[str] = set()  # slots given to earlier candidates of this decision
+    taken = set(busy)  # slots of pulls under way here, and given to earlier candidates
 
     def free(name: str) -> bool:
         record = leases.get(name)

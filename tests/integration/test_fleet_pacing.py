@@ -148,8 +148,9 @@ def started(
     """Start the agents of both nodes together: the one that took the seed slot, then the waiting one."""
     agents = {n.name: fleet.agent(n) for n in nodes}
     holder = next(iter(agents.values())).wait(
-        lambda: fleet.holder(model), what="a node holding the seed slot"
+        lambda: fleet.holder(model) or None, what="a node holding the seed slot"
     )
+    assert holder in agents, f"the seed slot is held by {holder!r}, not by a node of this test"
     (waiter,) = (n for n in nodes if n.name != holder)
     (holding,) = (n for n in nodes if n.name == holder)
     agents[waiter.name].wait(

@@ -170,3 +170,17 @@ def test_pacing_off_leaves_the_plan_as_it_is_and_touches_no_lease(node, leases, 
     assert start(a, plan) == start(b, plan) == [LLAMA.ref.canonical(), SMALL.ref.canonical()]
     a.pacer.settle([LLAMA])
     assert not leases.leases and not warmth.published
+
+
+def test_a_pull_under_way_keeps_its_registry_slot_from_this_nodes_next_pull(node) -> None:  # type: ignore[no-untyped-def]
+    a = node("a", PacingPolicy(enabled=True, max_concurrent_pulls_per_registry=1))
+    assert start(a, planned(LLAMA)) == [LLAMA.ref.canonical()]
+    assert not start(a, planned(SMALL))
+    assert a.pacer.summary() == {"waiting": {"registry": 1}, "holding": 1}
+
+
+def test_an_agent_that_stops_passes_its_turns_on_at_once(node) -> None:  # type: ignore[no-untyped-def]
+    a, b = node("a"), node("b")
+    assert start(a, planned(LLAMA))
+    a.pacer.close()
+    assert start(b, planned(LLAMA)) == [LLAMA.ref.canonical()]

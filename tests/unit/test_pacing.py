@@ -234,3 +234,10 @@ def test_pacing_off_is_the_identity(fleet: dict) -> None:  # type: ignore[type-a
         waiting_since={},
     )
     assert result.turns == tuple(Turn(c.ref) for c in candidates) and not result.waits
+
+
+def test_slots_of_this_nodes_pulls_under_way_are_not_shared_by_its_other_pulls() -> None:
+    policy = PacingPolicy(enabled=True, max_concurrent_pulls_per_registry=1)
+    busy = frozenset({registry_lease("registry.example:5000", 0)})
+    result = decide([candidate(DIGEST_B)], policy=policy, busy=busy)
+    assert [w.reason for w in result.waits] == [WaitReason.REGISTRY]
