@@ -86,7 +86,8 @@ def layer_bytes(fleet: Fleet, image: PushedImage) -> int:
     return blob.stat().st_size
 
 
-def warm_everywhere(fleet: Fleet, agents: FleetAgents, image: PushedImage, since: float) -> None:
+def warm_everywhere(fleet: Fleet, agents: FleetAgents, image: PushedImage, since: float) -> dict[str, float]:
+    """Wait until every node has ``image``; per node, seconds from ``since``."""
     warm = warm_seconds(
         fleet.nodes,
         fleet.registries.ref(image),
@@ -95,6 +96,7 @@ def warm_everywhere(fleet: Fleet, agents: FleetAgents, image: PushedImage, since
         timeout_seconds=WARM_TIMEOUT_SECONDS,
     )
     assert sorted(warm) == sorted(n.node_name for n in fleet.nodes)
+    return warm
 
 
 def test_without_pacing_the_origin_serves_the_model_once_per_node_directly_or_through_a_cold_mirror(
@@ -141,14 +143,7 @@ def test_paced_through_the_mirror_the_origin_serves_the_model_in_one_cache_miss(
     layer, counter = image.layer_digests[-1], fleet.registries.front.counter
     fleet.route(fleet.registries.mirror.host)
     with fleet_agents(fleet, fleet.nodes, tmp_path, namespace=namespace, settings=paced(NODES)) as agents:
-        since = agents.want(f"oci://{fleet.registries.ref(image)}")
-        warm = warm_seconds(
-            fleet.nodes,
-            fleet.registries.ref(image),
-            since=since,
-            agents=agents,
-            timeout_seconds=WARM_TIMEOUT_SECONDS,
-        )
+        warm = warm_everywhere(fleet, agents, image, agents.want(f"oci://{fleet.registries.ref(image)}"))
         waited = [a for a in agents.agents if "waiting for a turn to pull" in a.log()]
         log = agents.logs()
     assert "fleet pacing:" not in log, "pacing failed open"
