@@ -25,7 +25,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler
 from typing import BinaryIO
 
@@ -208,10 +208,7 @@ class TrafficCounter:
         """A copy of the counts of ``digest`` (zeros when never asked for)."""
         with self._lock:
             now = self._blobs.get(digest, BlobTraffic())
-            return BlobTraffic(
-                now.gets, now.bytes_sent, Counter(now.by_agent), now.active, now.most_at_once,
-                now.first_byte_at, now.last_byte_at,
-            )  # fmt: skip
+            return replace(now, by_agent=Counter(now.by_agent))
 
     def bytes_sent(self) -> int:
         """Body bytes of every blob sent so far."""
