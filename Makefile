@@ -31,6 +31,7 @@ proto: venv ## regenerate the CRI stubs from proto/
 lint: venv
 	.venv/bin/ruff check prefetcher tests bench
 	.venv/bin/mypy
+	.venv/bin/lint-imports --no-cache --no-logo
 
 test: deps k8s-assets kserve-assets chart-tools lint ## the whole suite: lint, types, unit, integration against real components
 	KUBEBUILDER_ASSETS=$$(bash hack/k8s-assets.sh --print-dir) .venv/bin/pytest -p no:cacheprovider tests

@@ -7,20 +7,24 @@ is acted on within a pass, not a resync period. A pull fails on total time (``pu
 or on lack of progress — the image filesystem not growing for ``pull.stallSeconds`` — because a
 100 GB pull legitimately takes an hour while a wedged one never finishes. The state is written
 once per pass (and once per batch of finished pulls) when it changed, never once per model.
+
+The config is read once per pass, at its start: the pass and the wait after it act on that one
+snapshot, so a reload never takes effect halfway through a pass. What other threads may read (passes,
+health, the last report and error) is kept on a ``status.StatusBoard``, never on this object.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 
 from prefetcher.agent.executor import PullOutcome, PullTracker
 from prefetcher.agent.keychain import Keychain
 from prefetcher.agent.pacer import Pacer
 from prefetcher.agent.resolver import Resolution, Resolver
+from prefetcher.agent.status import AfterPass, AgentStatus, PassReport, StatusBoard, skip_counts
 from prefetcher.config import Config
 from prefetcher.core import planner
 from prefetcher.core.backoff import BackoffPolicy
@@ -47,14 +51,6 @@ POLL_SECONDS = 0.25
 _QUIET = (SkipReason.IN_FLIGHT, SkipReason.BACKOFF, SkipReason.UNRESOLVED, SkipReason.PACED)
 
 
-@dataclass
-class PassReport:
-    """What the last pass decided, for the CLI, health and the start-up taint."""
-
-    plan: Plan = field(default_factory=Plan)
-    failed: dict[str, str] = field(default_factory=dict)
-
-
 class Reconciler:
     """Keeps the node's image store in line with the desired models, within the budget."""
 
@@ -72,10 +68,11 @@ class Reconciler:
         state: AgentState,
         save_state: Callable[[AgentState], None],
         draw: Callable[[], float],
-        after_pass: Callable[..., None] | None = None,
+        after_pass: AfterPass | None = None,
         wake: threading.Event | None = None,
         pull_secrets: PullSecrets | None = None,
         restart_pending: Callable[[], tuple[str, ...]] = tuple,
+        status: StatusBoard | None = None,
         pacer: Pacer | None = None,
     ) -> None:
         self._runtime = runtime
@@ -97,10 +94,7 @@ class Reconciler:
         self._resolver = Resolver(registry=registry, events=events, clock=clock.now, keychain=keychain)
         self._pulls = PullTracker(runtime=runtime, disk=disk, clock=clock, keychain=keychain)
         self._skipped: dict[str, SkipReason] = {}
-        self.last_error = ""
-        self.report = PassReport()
-        self.passes = 0
-        self.healthy = False
+        self._status = status or StatusBoard()
 
     def run(self, stop: threading.Event, *, once: bool = False) -> int:
         """Reconcile until ``stop`` is set; with ``once``, until nothing is left to do (exit code)."""
@@ -115,31 +109,39 @@ class Reconciler:
         while not stop.is_set():
             if self._wake is not None:
                 self._wake.clear()  # before the pass: a change seen during it wakes the next wait
-            error = self._pass_safely(failed if once else None)
+            cfg = self._config()  # the one read of this pass
+            error = self._pass_safely(cfg, failed if once else None)
+            plan = self._status.read().report.plan
             if once and error is not None:
-                self.report = PassReport(self.report.plan, {**failed, "runtime": error})
+                self._status.report(PassReport(plan, {**failed, "runtime": error}))
                 return 1
             if not once:
-                self._wait(stop, self._next_pass_seconds(), None)
+                self._wait(stop, cfg, _next_pass_seconds(cfg, plan), None)
             elif self._pulls.active:
-                self._wait(stop, self._config().pull.timeout_seconds, failed)
-            elif self._paced():
-                self._wait(stop, self._next_pass_seconds(), failed)
-            elif not self.report.plan.pulls and not self.report.plan.evictions:
+                self._wait(stop, cfg, cfg.pull.timeout_seconds, failed)
+            elif _paced(plan):
+                self._wait(stop, cfg, _next_pass_seconds(cfg, plan), failed)
+            elif not plan.pulls and not plan.evictions:
                 return 1 if failed else 0
         return 0
+
+    def status(self) -> AgentStatus:
+        """The loop's bookkeeping now; safe to call from any thread."""
+        return self._status.read()
 
     def dry_run(self) -> Plan:
         """The plan a pass would carry out now, changing nothing."""
         return self._decide(self._config(), None)[0]
 
-    def reconcile(self, failed_this_run: dict[str, str] | None = None) -> PassReport:
-        """One pass: resolve, plan, evict, start pulls. Raises PrefetchError when the runtime is down."""
-        cfg = self._config()
+    def reconcile(self, cfg: Config, failed_this_run: dict[str, str] | None = None) -> PassReport:
+        """One pass on the config snapshot ``cfg``: resolve, plan, evict, start pulls.
+
+        Raises PrefetchError when the runtime is down.
+        """
         plan, resolution, cached_refs, disk = self._decide(cfg, failed_this_run)
         try:
             for ref, error, sources in resolution.failures:
-                self._record_failure(ref, error, sources, failed_this_run)
+                self._record_failure(cfg, ref, error, sources, failed=failed_this_run)
             self._remember(resolution.desired, cached_refs, self._clock.now())
             for eviction in plan.evictions:
                 self._evict(eviction)
@@ -151,8 +153,7 @@ class Reconciler:
         finally:
             self._flush()
         self._publish(plan, disk)
-        self.report = PassReport(plan, dict(failed_this_run or {}))
-        return self.report
+        return PassReport(plan, dict(failed_this_run or {}))
 
     def _decide(
         self, cfg: Config, failed_this_run: dict[str, str] | None
@@ -187,62 +188,58 @@ class Reconciler:
             plan = self._pacer.decide(plan)
         return plan, resolution, cached_refs, disk
 
-    def _pass_safely(self, failed: dict[str, str] | None) -> str | None:
+    def _pass_safely(self, cfg: Config, failed: dict[str, str] | None) -> str | None:
         """Run a pass; on a PrefetchError log it once and return its message (the loop carries on)."""
         try:
-            self.reconcile(failed)
+            report = self.reconcile(cfg, failed)
         except PrefetchError as err:
             # The top of the loop is the one place that catches broadly: log once, carry on.
-            self.healthy = False
             self._metrics.reconcile_errors.labels(type(err).__name__).inc()
             log.error("reconcile pass failed: %s", err)
-            self.last_error = str(err)[:300]
+            self._status.failed(
+                str(err), pulling=len(self._pulls.active), managed_bytes=self._managed_bytes()
+            )
             # A failed pass settles nothing, but deadlines and the reported last error still move on.
             self._run_after_pass(settled=False)
             return str(err)
-        self.passes += 1
-        self.healthy = True
+        self._status.passed(report, pulling=len(self._pulls.active), managed_bytes=self._managed_bytes())
         self._metrics.last_reconcile.set(self._clock.now())
-        self._run_after_pass(
-            settled=not self._pulls.active and not self.report.plan.pulls and not self._paced()
-        )
+        settled = not self._pulls.active and not report.plan.pulls and not _paced(report.plan)
+        self._run_after_pass(settled=settled)
         if self._pacer is not None:
-            self._pacer.settle(self.report.plan.warm)
+            self._pacer.settle(report.plan.warm)
         return None
 
     def _run_after_pass(self, *, settled: bool) -> None:
         if self._after_pass is None:
             return
+        status = self._status.read()
         try:
-            self._after_pass(settled=settled, passed=self.healthy, summary=self.summary())
+            self._after_pass(settled=settled, passed=status.healthy, summary=self.summary())
         except PrefetchError as err:
             log.error("after-pass hook failed: %s", err)
 
     def summary(self) -> dict[str, object]:
         """What an operator wants at a glance: warm models and bytes, budget, pulls, skips, last error."""
-        plan = self.report.plan
-        return {
-            "warm": len(plan.warm),
-            "managedBytes": sum(m.cost_bytes for m in self._state.managed.values()),
-            "pulling": len(self._pulls.active),
-            "skipped": dict(_skip_counts(plan)),
-            "budgetBytes": plan.limit_bytes,
-            "usedBytes": plan.used_bytes,
-            "lastError": self.last_error,
-            "restartPending": list(self._restart_pending()),
-        } | self._pacing_summary()
+        summary = self._status.read().summary(restart_pending=self._restart_pending())
+        pacing = None if self._pacer is None else self._pacer.summary()
+        return summary if pacing is None else summary | {"pacing": pacing}
 
-    def _wait(self, stop: threading.Event, seconds: float, failed: dict[str, str] | None) -> None:
+    def _managed_bytes(self) -> int:
+        return sum(m.cost_bytes for m in self._state.managed.values())
+
+    def _wait(
+        self, stop: threading.Event, cfg: Config, seconds: float, failed: dict[str, str] | None
+    ) -> None:
         """Watch pulls until one finishes or a source wakes the loop (re-plan at once), or ``seconds`` pass.
 
         With ``wake``, the loop sleeps on it instead of ``stop``: whoever sets ``stop`` sets ``wake``
         too (the CLI's signal handler), else a stop is noticed at the next poll, within 5 s.
         """
         deadline = self._clock.monotonic() + seconds
-        stall_seconds = self._config().pull.stall_seconds  # a reload takes effect at the next pass
+        limit = self._status.read().report.plan.limit_bytes or None  # of the last pass; 0 before the first
         while not stop.is_set() and self._clock.monotonic() < deadline:
-            limit = self.report.plan.limit_bytes or None  # of the last pass; 0 before the first
-            finished = self._pulls.poll(stall_seconds=stall_seconds, limit_bytes=limit)
+            finished = self._pulls.poll(stall_seconds=cfg.pull.stall_seconds, limit_bytes=limit)
             if self._pacer is not None:
                 self._pacer.renew({ref: f.last_progress for ref, f in self._pulls.active.items()})
             for outcome in finished:
@@ -251,9 +248,10 @@ class Reconciler:
                 if outcome.error is None:
                     self._record_success(outcome)
                 else:
-                    self._record_failure(
-                        outcome.model_ref, outcome.error, outcome.sources, failed, outcome.reason
-                    )
+                    ref, error, sources = outcome.model_ref, outcome.error, outcome.sources
+                    self._record_failure(cfg, ref, error, sources, failed=failed, reason=outcome.reason)
+            if finished:
+                self._status.progress(pulling=len(self._pulls.active), managed_bytes=self._managed_bytes())
             try:
                 self._flush()
             except PrefetchError as err:  # kept dirty: the next pass writes it or fails loudly
@@ -263,19 +261,6 @@ class Reconciler:
             (stop if self._wake is None else self._wake).wait(
                 POLL_SECONDS if self._pulls.active else min(5.0, seconds)
             )
-
-    def _pacing_summary(self) -> dict[str, object]:
-        pacing = None if self._pacer is None else self._pacer.summary()
-        return {} if pacing is None else {"pacing": pacing}
-
-    def _paced(self) -> bool:
-        """True when a model of the last pass waits for its turn among the fleet's nodes."""
-        return any(s.reason is SkipReason.PACED for s in self.report.plan.skips)
-
-    def _next_pass_seconds(self) -> float:
-        """The resync period, or sooner while a model waits for a turn."""
-        cfg = self._config()
-        return min(cfg.resync_seconds, cfg.fleet.poll_seconds) if self._paced() else cfg.resync_seconds
 
     def _record_success(self, outcome: PullOutcome) -> None:
         now, ref, cost = self._clock.now(), outcome.model_ref, outcome.cost_bytes
@@ -292,14 +277,15 @@ class Reconciler:
 
     def _record_failure(
         self,
+        cfg: Config,
         ref: str,
         error: str,
         sources: tuple[str, ...],
+        *,
         failed: dict[str, str] | None,
         reason: str = "unresolved",
     ) -> None:
-        cfg = self._config().pull
-        policy = BackoffPolicy(cfg.backoff_base_seconds, cfg.backoff_max_seconds)
+        policy = BackoffPolicy(cfg.pull.backoff_base_seconds, cfg.pull.backoff_max_seconds)
         previous = self._state.backoff.get(ref)
         failures = (previous.failures if previous else 0) + 1
         until = self._clock.now() + policy.delay(failures, draw=self._draw())
@@ -307,7 +293,7 @@ class Reconciler:
         self._dirty = True
         if failed is not None:
             failed[ref] = error
-        self.last_error = f"{ref}: {error}"[:300]
+        self._status.error(f"{ref}: {error}")
         self._metrics.pulls.labels("failed", reason).inc()
         log.error("pull failed: %s (%s, attempt %d): %s", ref, reason, failures, error)
         self._events.emit(sources, warning=True, reason="PrefetchFailed", message=f"{ref}: {error}")
@@ -354,12 +340,12 @@ class Reconciler:
         m.fs_usage_ratio.set(disk.usage_ratio)
         m.fs_used_bytes.set(disk.used_bytes)
         m.fs_capacity_bytes.set(disk.total_bytes)
-        m.managed_bytes.set(sum(x.cost_bytes for x in self._state.managed.values()))
+        m.managed_bytes.set(self._managed_bytes())
         m.models.labels("warm").set(len(plan.warm))
         m.models.labels("pulling").set(len(self._pulls.active))
         m.models.labels("pending").set(max(len(plan.pulls) - len(self._pulls.active), 0))
         m.models.labels("skipped").set(len(plan.skips))
-        counts = _skip_counts(plan)
+        counts = skip_counts(plan)
         for reason in SkipReason:
             m.skipped.labels(reason.value).set(counts[reason.value])
         self._announce_skips(plan.skips)
@@ -377,6 +363,16 @@ class Reconciler:
         self._skipped = current
 
 
+def _paced(plan: Plan) -> bool:
+    """True when a model of ``plan`` waits for its turn among the fleet's nodes."""
+    return any(s.reason is SkipReason.PACED for s in plan.skips)
+
+
+def _next_pass_seconds(cfg: Config, plan: Plan) -> float:
+    """The resync period, or sooner while a model waits for a turn."""
+    return min(cfg.resync_seconds, cfg.fleet.poll_seconds) if _paced(plan) else cfg.resync_seconds
+
+
 def _budget(cfg: Config) -> Budget:
     return Budget(
         cfg.budget.max_usage_percent,
@@ -384,8 +380,3 @@ def _budget(cfg: Config) -> Budget:
         cfg.eviction.enabled,
         cfg.eviction.grace_seconds,
     )
-
-
-def _skip_counts(plan: Plan) -> Counter[str]:
-    """Skipped models of ``plan`` by reason."""
-    return Counter(skip.reason.value for skip in plan.skips)

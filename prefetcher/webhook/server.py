@@ -14,6 +14,7 @@ connections open or dribble their headers cannot starve the API server's reviews
   until the endpoints no longer list the pod.
 
 The certificate is reloaded when the files rotate (``tls.CertificateStore.listener_context``).
+The config, metrics and certificate store are built and passed in by ``prefetcher.wiring.webhook``.
 """
 
 from __future__ import annotations
@@ -23,22 +24,19 @@ import logging
 import socket
 import ssl
 import threading
-from pathlib import Path
 from typing import cast
 
 from hypercorn.asyncio import serve
 from hypercorn.config import Config as HypercornConfig
 from hypercorn.config import Sockets
 from hypercorn.typing import ASGIFramework
-from prometheus_client import CollectorRegistry
 
 from prefetcher.errors import ConfigError
 from prefetcher.webhook.app import AdmissionApp
-from prefetcher.webhook.config import WebhookConfig, load_webhook_config
+from prefetcher.webhook.config import WebhookConfig
 from prefetcher.webhook.metrics import WebhookMetrics
 from prefetcher.webhook.tls import CertificateStore
 
-log = logging.getLogger(__name__)
 # Longer than the idle timeout of the API server's HTTP client (90 s), so the client, never this
 # server, closes idle connections: a POST on a connection closed under it is not retried.
 IDLE_SECONDS = 120.0
@@ -149,33 +147,3 @@ def parse_listen(text: str) -> tuple[str, int]:
     if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
         raise ConfigError(f"listen address {text!r} is not HOST:PORT")
     return host.strip("[]") or "0.0.0.0", int(port)
-
-
-def run_webhook(
-    *, config_path: Path, cert_path: Path, key_path: Path, listen: str, stop: threading.Event
-) -> int:
-    """Serve the webhook until ``stop`` is set, then drain; raises ``ConfigError`` on a bad config or cert."""
-    try:
-        config = load_webhook_config(Path(config_path).read_text())
-    except OSError as error:
-        raise ConfigError(f"cannot read webhook config {config_path}: {error}") from error
-    metrics = WebhookMetrics(CollectorRegistry())
-    certs = CertificateStore(
-        Path(cert_path),
-        Path(key_path),
-        on_reload=lambda outcome: metrics.certificate_reloads.labels(outcome).inc(),
-        on_expiry=metrics.certificate_expiry.set,
-    )
-    try:
-        server = WebhookServer(config=config, certs=certs, metrics=metrics, address=parse_listen(listen))
-    except OSError as error:
-        raise ConfigError(f"cannot listen on {listen}: {error}") from error
-    server.start()
-    log.info(
-        "webhook serving AdmissionReview v1 on https://%s/mutate (mode %s)", listen, config.modelcar_mode
-    )
-    stop.wait()
-    log.info("webhook stopping: answering the reviews in flight")
-    server.stop()
-    log.info("webhook stopped")
-    return 0

@@ -34,8 +34,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from prefetcher.errors import ConfigError
 from prefetcher.webhook.config import WebhookConfig
 from prefetcher.webhook.metrics import WebhookMetrics
-from prefetcher.webhook.server import WebhookServer, parse_listen, run_webhook
+from prefetcher.webhook.server import WebhookServer, parse_listen
 from prefetcher.webhook.tls import CertificateStore, certificate_not_after
+from prefetcher.wiring.webhook import run_webhook
 from tests.support.admission import admission_review
 from tests.support.pki import certificate_builder
 from tests.support.webhook import until_closed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Callable
 from dataclasses import replace
@@ -65,6 +66,7 @@ class World:
         *,
         wake: threading.Event | None = None,
         after_pass: Callable[..., None] | None = None,
+        config: Callable[[], Config] | None = None,
     ) -> Reconciler:
         return Reconciler(
             runtime=self.runtime,
@@ -74,7 +76,7 @@ class World:
             events=self.events,
             metrics=Metrics(CollectorRegistry()),
             clock=self.clock,
-            config=lambda: self.config,
+            config=config or (lambda: self.config),
             state=state or AgentState(),
             save_state=self.saved.append,
             draw=lambda: 0.5,
@@ -93,7 +95,7 @@ def test_once_pulls_what_fits_and_states_why_the_rest_is_skipped() -> None:
     agent = world.agent()
     assert agent.run(threading.Event(), once=True) == 0
     assert [p.ref for p in world.runtime.pulls] == [ref("a")]
-    (skip,) = agent.report.plan.skips
+    (skip,) = agent.status().report.plan.skips
     assert skip.ref == ref("b") and skip.reason.value == "budget" and skip.sources == ("test b",)
     assert world.saved[-1].managed[ref("a")].cost_bytes == 600 * MIB
     assert "PrefetchSkipped" in world.events.reasons() and "Prefetched" in world.events.reasons()
@@ -106,7 +108,7 @@ def test_a_source_change_starts_a_pass_at_once_not_at_the_next_resync() -> None:
     loop = threading.Thread(target=agent.run, args=(stop,), daemon=True)
     loop.start()
     try:
-        wait_for(lambda: agent.passes >= 1, timeout_seconds=5, what="the first pass")
+        wait_for(lambda: agent.status().passes >= 1, timeout_seconds=5, what="the first pass")
         world.want("a")
         wake.set()
         # The fake clock never reaches the resync deadline: only the wake can start this pass.
@@ -126,7 +128,7 @@ def test_registry_errors_fail_one_model_while_the_others_are_pulled() -> None:
     agent = world.agent()
     assert agent.run(threading.Event(), once=True) == 1
     assert [p.ref for p in world.runtime.pulls] == [ref("good")]
-    assert set(agent.report.failed) == {ref("locked"), ref("missing")}
+    assert set(agent.status().report.failed) == {ref("locked"), ref("missing")}
     backoff = world.saved[-1].backoff
     assert backoff[ref("locked")].failures == 1 and "401" in backoff[ref("locked")].last_error
 
@@ -139,7 +141,7 @@ def test_malformed_uri_is_skipped_with_reason_and_the_rest_proceed() -> None:
     ]
     agent = world.agent()
     assert agent.run(threading.Event(), once=True) == 0
-    assert agent.report.plan.skips[0].reason.value == "invalid_reference"
+    assert agent.status().report.plan.skips[0].reason.value == "invalid_reference"
     assert [p.ref for p in world.runtime.pulls] == [ref("a")]
 
 
@@ -217,11 +219,11 @@ def test_runtime_down_fails_the_pass_loudly_and_the_next_pass_recovers() -> None
     world.want("a")
     agent = world.agent()
     world.runtime.down = True
-    agent._pass_safely(None)
-    assert not agent.healthy and world.runtime.pulls == []
+    agent._pass_safely(world.config, None)
+    assert not agent.status().healthy and world.runtime.pulls == []
     world.runtime.down = False
-    agent._pass_safely(None)
-    assert agent.healthy and [p.ref for p in world.runtime.pulls] == [ref("a")]
+    agent._pass_safely(world.config, None)
+    assert agent.status().healthy and [p.ref for p in world.runtime.pulls] == [ref("a")]
 
 
 def test_the_after_pass_hook_sees_failed_passes_as_unsettled_with_their_error() -> None:
@@ -232,10 +234,10 @@ def test_the_after_pass_hook_sees_failed_passes_as_unsettled_with_their_error() 
         after_pass=lambda *, settled, passed, summary: seen.append((settled, passed, summary["lastError"]))
     )
     world.runtime.down = True
-    agent._pass_safely(None)
-    assert agent.last_error and seen == [(False, False, agent.last_error)]
+    agent._pass_safely(world.config, None)
+    assert agent.status().last_error and seen == [(False, False, agent.status().last_error)]
     world.runtime.down = False
-    agent._pass_safely(None)
+    agent._pass_safely(world.config, None)
     assert seen[-1][:2] == (False, True), "a pass that started a pull is not settled, but it passed"
 
 
@@ -258,7 +260,7 @@ def test_unreadable_pull_secrets_fail_a_private_model_clearly_and_a_public_one_i
     agent = world.agent()
     assert agent.run(threading.Event(), once=True) == 1
     assert [(p.ref, p.credentials) for p in world.runtime.pulls] == [(ref("public"), None)]
-    error = agent.report.failed[ref("private")]
+    error = agent.status().report.failed[ref("private")]
     assert "401" in error and "pull secrets were not used: reading ServiceAccount team-b/default" in error
     warned = [e for e in world.events.events if e[2] == "PullSecretsUnavailable"]
     assert [(e[0], "forbidden" in e[3]) for e in warned] == [(("test public",), True)]
@@ -298,7 +300,7 @@ def test_the_state_is_written_once_per_pass_not_once_per_model() -> None:
     world = World({f"m{i}": MIB for i in range(20)})
     world.want(*(f"m{i}" for i in range(20)), "absent1", "absent2", "absent3")
     world.config = load_config("pull: {concurrency: 64}")
-    world.agent().reconcile()
+    world.agent().reconcile(world.config)
     assert len(world.saved) == 1  # three failures, twenty pulls started: one write
 
 
@@ -356,3 +358,32 @@ def test_a_pull_that_outgrows_its_declared_size_past_the_budget_is_cancelled() -
     assert outcome.reason == "over_budget" and world.runtime.pulls[0].cancelled
     expected = "grew by 50.0 MiB during the pull, more than the 20.0 MiB its manifest declares"
     assert expected in (outcome.error or "")
+
+
+def test_the_config_is_read_once_per_pass() -> None:
+    world = World({"a": 10 * MIB})
+    world.want("a", "gone1", "gone2", "gone3")  # three failures and a pull in the first pass
+    reads: list[Config] = []
+
+    def config() -> Config:
+        reads.append(world.config)
+        return world.config
+
+    agent = world.agent(config=config)
+    assert agent.run(threading.Event(), once=True) == 1
+    assert agent.status().passes == 2  # the pull, then a pass that finds nothing left to do
+    assert len(reads) == 2
+
+
+def test_the_status_is_a_snapshot_and_the_loop_keeps_no_public_fields() -> None:
+    world = World({"a": 10 * MIB})
+    world.want("a")
+    agent = world.agent()
+    before = agent.status()
+    agent.run(threading.Event(), once=True)
+    after = agent.status()
+    assert (before.passes, before.healthy) == (0, False)
+    assert after.passes >= 1 and after.healthy and after.summary()["warm"] == 1
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        after.passes = 0  # type: ignore[misc]
+    assert [name for name in vars(agent) if not name.startswith("_")] == []

@@ -59,7 +59,7 @@ def test_the_second_node_waits_for_the_seed_and_says_why_then_pulls_once_it_is_w
     fleet = Fleet("fleet: {seedPulls: 1, maxConcurrentPulls: 5}")
     (a, agent_a), (b, agent_b) = fleet.node("a", "big"), fleet.node("b", "big")
     a.runtime.held.add(ref("big"))
-    agent_a.reconcile()
+    agent_a.reconcile(a.config)
     assert pulled(a) == [ref("big")]
     assert [s.holder for s in fleet.leases.leases.values()] == ["a"]
 
@@ -67,9 +67,9 @@ def test_the_second_node_waits_for_the_seed_and_says_why_then_pulls_once_it_is_w
     (skip,) = planned.skips
     assert (skip.ref, skip.reason) == (ref("big"), SkipReason.PACED)
     assert "fleet.seedPulls" in skip.message
-    agent_b.reconcile()
+    report = agent_b.reconcile(b.config)
     assert not pulled(b)
-    assert agent_b.summary()["skipped"] == {"paced": 1}
+    assert [s.reason for s in report.plan.skips] == [SkipReason.PACED]
     assert agent_b.summary()["pacing"] == {"waiting": {"seed": 1}, "holding": 0}
 
     a.runtime.finish(a.runtime.pulls[0])
@@ -84,8 +84,8 @@ def test_a_waiting_model_does_not_block_a_model_only_this_node_wants() -> None:
     fleet = Fleet("fleet: {seedPulls: 1}")
     (a, agent_a), (b, agent_b) = fleet.node("a", "big"), fleet.node("b", "big", "small")
     a.runtime.held.add(ref("big"))
-    agent_a.reconcile()
-    report = agent_b.reconcile()
+    agent_a.reconcile(a.config)
+    report = agent_b.reconcile(b.config)
     assert pulled(b) == [ref("small")]
     assert [(s.ref, s.reason) for s in report.plan.skips] == [(ref("big"), SkipReason.PACED)]
 
@@ -94,8 +94,8 @@ def test_pacing_off_pulls_on_every_node_at_once_and_touches_no_lease() -> None:
     fleet = Fleet("fleet: {pacing: false}")
     (a, agent_a), (b, agent_b) = fleet.node("a", "big"), fleet.node("b", "big")
     a.runtime.held.add(ref("big"))
-    agent_a.reconcile()
-    agent_b.reconcile()
+    agent_a.reconcile(a.config)
+    agent_b.reconcile(b.config)
     assert pulled(a) == pulled(b) == [ref("big")]
     assert not fleet.leases.leases and not fleet.warmth.published
     assert "pacing" not in agent_b.summary()
