@@ -47,7 +47,7 @@ test-unit: venv
 demo: deps ## the agent on an embedded default: private registry + containerd, a sample modelcar, plan and result
 	$(PY) hack/demo.py
 
-bench: deps bench-venv ## each prints its figures and the ratio to a baseline measured in the same run
+bench: deps bench-venv k8s-assets kserve-assets ## each prints its figures and the ratio to a baseline measured in the same run
 	$(PY) bench/planner_bench.py
 	$(PY) bench/idle_rss.py
 	$(PY) bench/pull_overhead.py
@@ -56,3 +56,4 @@ bench: deps bench-venv ## each prints its figures and the ratio to a baseline me
 	$(PY) bench/webhook_latency.py
 	$(PY) bench/webhook_cpu.py
 	$(PY) bench/isvc_scale.py
+	$(PY) bench/fleet_pull.py

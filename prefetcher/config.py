@@ -166,6 +166,44 @@ class KubernetesConfig:
 
 
 @dataclass(frozen=True)
+class FleetConfig:
+    """Fleet-wide pull pacing: nodes take turns per model digest through Leases (operator guide, 7)."""
+
+    pacing: bool = option(
+        True,
+        "Take turns with the other nodes pulling the same digest; `false` pulls as soon as planned. "
+        "Never delays a model no other node pulls.",
+    )
+    seed_pulls: int = option(
+        1,
+        "Nodes that may pull a digest at once while no node holds it warm (from the origin).",
+        Between(1, 1000),
+    )
+    max_concurrent_pulls: int = option(
+        10,
+        "Nodes that may pull a digest at once once a node holds it warm; size for the pull-through "
+        "cache or P2P mirror that serves them.",
+        Between(1, 100_000),
+    )
+    max_concurrent_pulls_per_registry: int = option(
+        0,
+        "Pulls from one registry host at once across the fleet, all models together; 0: no cap.",
+        Between(0, 100_000),
+    )
+    lease_duration_seconds: float = option(
+        60.0,
+        "A turn not renewed for this long (holder dead or pull stalled) passes to another node.",
+        Between(5, 86400),
+    )
+    max_wait_seconds: float = option(
+        3600.0,
+        "After waiting this long for a turn, pull anyway (with a PacingDeadlinePassed Event).",
+        Between(0, 7 * 86400),
+    )
+    poll_seconds: float = option(10.0, "How often a node waiting for a turn looks again.", Between(1, 3600))
+
+
+@dataclass(frozen=True)
 class Config:
     """The agent's configuration."""
 
@@ -196,10 +234,11 @@ class Config:
     registries: RegistriesConfig = section(RegistriesConfig)
     credentials: CredentialsConfig = section(CredentialsConfig)
     kubernetes: KubernetesConfig = section(KubernetesConfig)
+    fleet: FleetConfig = section(FleetConfig)
 
 
 # Read on every pass; any other key is read once at start-up, so changing it needs a restart.
-LIVE_KEYS = ("resyncSeconds", "budget.", "pull.", "eviction.")
+LIVE_KEYS = ("resyncSeconds", "budget.", "pull.", "eviction.", "fleet.")
 
 
 def load_config(text: str) -> Config:

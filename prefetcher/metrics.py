@@ -82,3 +82,20 @@ class Metrics:
         self.last_reconcile = Gauge(
             "prefetcher_last_reconcile_timestamp_seconds", "When the last pass completed.", registry=registry
         )
+        self.pacing_waiting = Gauge(
+            "prefetcher_pacing_waiting_models",
+            "Models waiting for a turn to pull in the last pass, by reason (seed, fleet, registry).",
+            ["reason"],
+            registry=registry,
+        )
+        self.pacing_deadline = Counter(
+            "prefetcher_pacing_deadline_passed_total",
+            "Pulls started without a turn because they waited fleet.maxWaitSeconds.",
+            registry=registry,
+        )
+        self.pacing_errors = Counter(
+            "prefetcher_pacing_errors_total",
+            "Lease and node calls of fleet pacing that failed, by operation; pacing fails open.",
+            ["operation"],
+            registry=registry,
+        )

@@ -117,3 +117,36 @@ class EventSink(Protocol):
 
     def emit(self, sources: tuple[str, ...], *, warning: bool, reason: str, message: str) -> None:
         """Report ``reason``/``message`` about the objects named by ``sources``."""
+
+
+@dataclass(frozen=True)
+class LeaseState:
+    """A slot Lease of fleet pacing as read: ``holder`` is empty when released."""
+
+    name: str
+    holder: str
+    version: str
+    duration_seconds: float
+
+
+class SlotLeases(Protocol):
+    """The Leases nodes take turns through (``prefetcher.core.pacing``)."""
+
+    def list(self) -> dict[str, LeaseState]:
+        """Every slot Lease, by name."""
+
+    def take(self, name: str, *, holder: str, duration_seconds: float, version: str | None) -> str | None:
+        """Create (``version`` None) or update that version; the new version, None if another was first."""
+
+    def release(self, name: str, *, version: str) -> None:
+        """Delete the Lease unless it changed since ``version``."""
+
+
+class FleetWarmth(Protocol):
+    """Which digests the nodes hold warm."""
+
+    def publish(self, keys: Iterable[str]) -> None:
+        """Say which digests this node holds warm."""
+
+    def elsewhere(self) -> frozenset[str]:
+        """The digests some other node holds warm."""

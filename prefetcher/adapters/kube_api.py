@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import urllib3
@@ -122,6 +124,20 @@ def list_page(
     if not isinstance(document, Mapping):
         raise KubeError(f"listing {collection.what}: response is not an object")
     return document
+
+
+def list_items(
+    collection: Collection, *, timeout_seconds: float, limit: int = 500
+) -> list[Mapping[str, Any]]:
+    """Every item of a list, page after page."""
+    items: list[Mapping[str, Any]] = []
+    token: str | None = None
+    while True:
+        page = list_page(collection, continue_token=token, limit=limit, timeout_seconds=timeout_seconds)
+        items.extend(item for item in page.get("items") or () if isinstance(item, Mapping))
+        token = (page.get("metadata") or {}).get("continue")
+        if not token:
+            return items
 
 
 def open_watch(
@@ -287,3 +303,16 @@ class KubeEventSink:
                 self._recorder.record(target, reason=reason, message=message, warning=warning)
             except KubeError as error:
                 log.warning("event %s on %s %s not recorded: %s", reason, target.kind, target.name, error)
+
+
+SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+
+
+def agent_namespace() -> str:
+    """Where the agent's Leases live: ``$POD_NAMESPACE``, else its ServiceAccount's, else ``default``."""
+    if os.environ.get("POD_NAMESPACE"):
+        return os.environ["POD_NAMESPACE"]
+    try:
+        return SERVICE_ACCOUNT_NAMESPACE.read_text().strip() or "default"
+    except OSError:  # not in a pod: a kubeconfig's user, as in development
+        return "default"

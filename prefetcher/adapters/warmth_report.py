@@ -19,18 +19,22 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from kubernetes import client
 
 from prefetcher.adapters.cluster_view import node_summaries
 from prefetcher.adapters.kube import IsvcModelSource
-from prefetcher.adapters.kube_api import EventRecorder, KubeStatusError, ObjectRef, kube_errors
+from prefetcher.adapters.kube_api import (
+    EventRecorder,
+    KubeStatusError,
+    ObjectRef,
+    agent_namespace,
+    kube_errors,
+)
 from prefetcher.config import KubernetesConfig
 from prefetcher.core.isvc import IsvcModels
 from prefetcher.core.warmth import Warmth, isvc_warmth
@@ -39,7 +43,6 @@ from prefetcher.ports import Clock
 
 log = logging.getLogger(__name__)
 LEASE_NAME = "modelcar-prefetcher-warmth-reporter"
-SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 REASON = "ModelWarmth"
 TIMEOUT_SECONDS = 10.0
 
@@ -178,15 +181,6 @@ class WarmthReporter:
                 log.warning("warmth report failed: %s", err)
             self._stop.wait(self._period)
 
-
-def agent_namespace() -> str:
-    """Where the agent's Lease lives: ``$POD_NAMESPACE``, else its ServiceAccount's, else ``default``."""
-    if os.environ.get("POD_NAMESPACE"):
-        return os.environ["POD_NAMESPACE"]
-    try:
-        return SERVICE_ACCOUNT_NAMESPACE.read_text().strip() or "default"
-    except OSError:
-        return "default"
 
 
 def warmth_reporter(

@@ -22,6 +22,7 @@ from dataclasses import replace
 
 from prefetcher.agent.executor import PullOutcome, PullTracker
 from prefetcher.agent.keychain import Keychain
+from prefetcher.agent.pacer import Pacer
 from prefetcher.agent.resolver import Resolution, Resolver
 from prefetcher.agent.status import AfterPass, AgentStatus, PassReport, StatusBoard, skip_counts
 from prefetcher.config import Config
@@ -47,7 +48,7 @@ log = logging.getLogger(__name__)
 # How often pulls under way are checked: a finished pull is noticed within this, so keep it short.
 POLL_SECONDS = 0.25
 # Transient skips (a pull under way, a retry pending) are not news; the failure itself was reported.
-_QUIET = (SkipReason.IN_FLIGHT, SkipReason.BACKOFF, SkipReason.UNRESOLVED)
+_QUIET = (SkipReason.IN_FLIGHT, SkipReason.BACKOFF, SkipReason.UNRESOLVED, SkipReason.PACED)
 
 
 class Reconciler:
@@ -72,6 +73,7 @@ class Reconciler:
         pull_secrets: PullSecrets | None = None,
         restart_pending: Callable[[], tuple[str, ...]] = tuple,
         status: StatusBoard | None = None,
+        pacer: Pacer | None = None,
     ) -> None:
         self._runtime = runtime
         self._source = source
@@ -87,6 +89,7 @@ class Reconciler:
         self._draw = draw
         self._after_pass = after_pass
         self._wake = wake
+        self._pacer = pacer
         keychain = Keychain(node=registry.credentials_for, pull_secrets=pull_secrets)
         self._resolver = Resolver(registry=registry, events=events, clock=clock.now, keychain=keychain)
         self._pulls = PullTracker(runtime=runtime, disk=disk, clock=clock, keychain=keychain)
@@ -95,6 +98,13 @@ class Reconciler:
 
     def run(self, stop: threading.Event, *, once: bool = False) -> int:
         """Reconcile until ``stop`` is set; with ``once``, until nothing is left to do (exit code)."""
+        try:
+            return self._loop(stop, once=once)
+        finally:
+            if self._pacer is not None:  # turns of abandoned pulls pass on now, not at their expiry
+                self._pacer.close()
+
+    def _loop(self, stop: threading.Event, *, once: bool) -> int:
         failed: dict[str, str] = {}
         while not stop.is_set():
             if self._wake is not None:
@@ -106,9 +116,11 @@ class Reconciler:
                 self._status.report(PassReport(plan, {**failed, "runtime": error}))
                 return 1
             if not once:
-                self._wait(stop, cfg, cfg.resync_seconds, None)
+                self._wait(stop, cfg, _next_pass_seconds(cfg, plan), None)
             elif self._pulls.active:
                 self._wait(stop, cfg, cfg.pull.timeout_seconds, failed)
+            elif _paced(plan):
+                self._wait(stop, cfg, _next_pass_seconds(cfg, plan), failed)
             elif not plan.pulls and not plan.evictions:
                 return 1 if failed else 0
         return 0
@@ -133,8 +145,11 @@ class Reconciler:
             self._remember(resolution.desired, cached_refs, self._clock.now())
             for eviction in plan.evictions:
                 self._evict(eviction)
-            for pull in plan.pulls[: max(cfg.pull.concurrency - len(self._pulls.active), 0)]:
-                self._pulls.start(pull, cfg)
+            free = cfg.pull.concurrency - len(self._pulls.active)
+            for pull in plan.pulls:
+                if free > 0 and (self._pacer is None or self._pacer.take(pull)):
+                    self._pulls.start(pull, cfg)
+                    free -= 1
         finally:
             self._flush()
         self._publish(plan, disk)
@@ -168,7 +183,10 @@ class Reconciler:
             backoff_until=backoff,
             in_flight=self._pulls.reserved(),
         )
-        return replace(plan, skips=resolution.skips + plan.skips), resolution, cached_refs, disk
+        plan = replace(plan, skips=resolution.skips + plan.skips)
+        if self._pacer is not None:
+            plan = self._pacer.decide(plan)
+        return plan, resolution, cached_refs, disk
 
     def _pass_safely(self, cfg: Config, failed: dict[str, str] | None) -> str | None:
         """Run a pass; on a PrefetchError log it once and return its message (the loop carries on)."""
@@ -187,7 +205,10 @@ class Reconciler:
         pulling = frozenset(self._pulls.active)
         self._status.passed(report, pulling=pulling, managed_bytes=self._managed_bytes())
         self._metrics.last_reconcile.set(self._clock.now())
-        self._run_after_pass(settled=not self._pulls.active and not report.plan.pulls)
+        settled = not self._pulls.active and not report.plan.pulls and not _paced(report.plan)
+        self._run_after_pass(settled=settled)
+        if self._pacer is not None:
+            self._pacer.settle(report.plan.warm)
         return None
 
     def _run_after_pass(self, *, settled: bool) -> None:
@@ -201,7 +222,9 @@ class Reconciler:
 
     def summary(self) -> dict[str, object]:
         """What an operator wants at a glance: warm models and bytes, budget, pulls, skips, last error."""
-        return self._status.read().summary(restart_pending=self._restart_pending())
+        summary = self._status.read().summary(restart_pending=self._restart_pending())
+        pacing = None if self._pacer is None else self._pacer.summary()
+        return summary if pacing is None else summary | {"pacing": pacing}
 
     def _managed_bytes(self) -> int:
         return sum(m.cost_bytes for m in self._state.managed.values())
@@ -218,7 +241,11 @@ class Reconciler:
         limit = self._status.read().report.plan.limit_bytes or None  # of the last pass; 0 before the first
         while not stop.is_set() and self._clock.monotonic() < deadline:
             finished = self._pulls.poll(stall_seconds=cfg.pull.stall_seconds, limit_bytes=limit)
+            if self._pacer is not None:
+                self._pacer.renew({ref: f.last_progress for ref, f in self._pulls.active.items()})
             for outcome in finished:
+                if self._pacer is not None:
+                    self._pacer.finished(outcome.model_ref, succeeded=outcome.error is None)
                 if outcome.error is None:
                     self._record_success(outcome)
                 else:
@@ -337,6 +364,16 @@ class Reconciler:
                 skip.sources, warning=True, reason="PrefetchSkipped", message=f"{skip.ref}: {skip.message}"
             )
         self._skipped = current
+
+
+def _paced(plan: Plan) -> bool:
+    """True when a model of ``plan`` waits for its turn among the fleet's nodes."""
+    return any(s.reason is SkipReason.PACED for s in plan.skips)
+
+
+def _next_pass_seconds(cfg: Config, plan: Plan) -> float:
+    """The resync period, or sooner while a model waits for a turn."""
+    return min(cfg.resync_seconds, cfg.fleet.poll_seconds) if _paced(plan) else cfg.resync_seconds
 
 
 def _budget(cfg: Config) -> Budget:

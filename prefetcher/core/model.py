@@ -100,6 +100,7 @@ class SkipReason(StrEnum):
     INVALID_REFERENCE = "invalid_reference"
     TAG_REJECTED = "tag_rejected"
     IN_FLIGHT = "in_flight"
+    PACED = "paced"  # waiting for a turn among the nodes pulling it (fleet pacing)
 
 
 class EvictionReason(StrEnum):

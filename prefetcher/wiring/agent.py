@@ -39,6 +39,7 @@ from prefetcher.core.state import AgentState
 from prefetcher.errors import ConfigError
 from prefetcher.metrics import Metrics
 from prefetcher.wiring.feed import ModelFeed, NodeReports
+from prefetcher.wiring.fleet import pacer
 
 log = logging.getLogger("prefetcher")
 
@@ -207,7 +208,9 @@ def dry_run(options: AgentOptions) -> Plan:
         reconciler = _reconciler(
             cfg,
             config=lambda: cfg,
-            feed=ModelFeed(feed.models, LogEvents(), feed.stop, pull_secrets=feed.pull_secrets),
+            feed=ModelFeed(
+                feed.models, LogEvents(), feed.stop, pull_secrets=feed.pull_secrets, fleet=feed.fleet
+            ),
             metrics=Metrics(CollectorRegistry()),
             state=saved,
             save_state=lambda _state: None,
@@ -292,6 +295,9 @@ def _reconciler(
         wake=wake,
         restart_pending=restart_pending,
         status=status,
+        pacer=None
+        if feed.fleet is None
+        else pacer(feed.fleet, events=feed.events, metrics=metrics, config=config),
     )
 
 

@@ -11,15 +11,18 @@ from collections.abc import Callable
 from typing import Any
 
 from prefetcher.adapters.kube import IsvcModelSource
-from prefetcher.adapters.kube_api import EventRecorder, KubeEventSink, api_client
+from prefetcher.adapters.kube_api import EventRecorder, KubeEventSink, agent_namespace, api_client
+from prefetcher.adapters.leases import LeaseStore
 from prefetcher.adapters.node_condition import NodeCondition, models_warm
 from prefetcher.adapters.node_status import NodeSummary
 from prefetcher.adapters.node_taint import StartupTaint
+from prefetcher.adapters.node_warm import NodeWarmth
 from prefetcher.adapters.pull_secrets import ServiceAccountPullSecrets
 from prefetcher.adapters.warmth_report import warmth_reporter
 from prefetcher.agent.runtime_support import SystemClock
 from prefetcher.config import Config
 from prefetcher.wiring.feed import ModelFeed
+from prefetcher.wiring.fleet import Fleet
 
 log = logging.getLogger("prefetcher")
 
@@ -89,7 +92,9 @@ def cluster_feed(
             reporter.stop()
             source.stop()
 
-    return ModelFeed(source, events, stop, hooks, secrets, node_events=events)
+    leases = LeaseStore(api, namespace=agent_namespace(), clock=SystemClock())
+    fleet = Fleet(leases, NodeWarmth(api, node_name=node_name), node_name)
+    return ModelFeed(source, events, stop, hooks, secrets, node_events=events, fleet=fleet)
 
 
 def _node_hooks(api: Any, node_name: str, cfg: Config) -> NodeHooks:

@@ -8,9 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from prefetcher.agent.status import AfterPass
 from prefetcher.ports import EventSink, ModelSource, PullSecrets
+
+if TYPE_CHECKING:
+    from prefetcher.wiring.fleet import Fleet
 
 
 @dataclass(frozen=True)
@@ -27,6 +31,7 @@ class ModelFeed:
     after_pass: AfterPass | None = None
     pull_secrets: PullSecrets | None = None
     node_events: EventSink | None = None
+    fleet: Fleet | None = None
 
 
 class NodeReports:

@@ -123,10 +123,12 @@ class AgentProcess:
 
 
 @contextmanager
-def running_agent(config: Path, *, node: str, kubeconfig: Path, log_file: Path) -> Iterator[AgentProcess]:
+def running_agent(
+    config: Path, *, node: str, kubeconfig: Path, log_file: Path, extra: Sequence[str] = ()
+) -> Iterator[AgentProcess]:
     """Run the agent until the block exits, then stop it with SIGTERM as kubelet would."""
     address = yaml.safe_load(config.read_text())["listenAddress"]
-    command = agent_command(config, node=node, kubeconfig=kubeconfig, once=False)
+    command = agent_command(config, node=node, kubeconfig=kubeconfig, once=False, extra=extra)
     with log_file.open("ab") as log:
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
     agent = AgentProcess(process, log_file, f"http://{address}/metrics")

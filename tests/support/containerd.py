@@ -101,14 +101,26 @@ def _write_cni_placeholder(cni_dir: Path) -> None:
     (cni_dir / "net.d" / "10-host-network-only.conflist").write_text(json.dumps(conflist))
 
 
-def _write_hosts(workdir: Path, registry_host: str) -> None:
-    """``certs.d/<host>/hosts.toml``: pull and resolve from the test registry over HTTP."""
+def hosts_toml(registry_host: str, *, mirror: str | None = None) -> str:
+    """``hosts.toml`` of ``registry_host`` (plain HTTP); with ``mirror``, pulls try that host first.
+
+    containerd 1.6 reads ``certs.d/<host>/hosts.toml`` at each pull when the CRI registry's
+    ``config_path`` is set; ``[host."…"]`` entries are tried in order, then ``server`` (the
+    registry itself) when every host failed. The deprecated ``registry.mirrors`` table of
+    ``config.toml`` is the older form of the same, read at start-up only.
+    """
+    first = mirror or registry_host
+    return (
+        f'server = "http://{registry_host}"\n\n'
+        f'[host."http://{first}"]\n  capabilities = ["pull", "resolve"]\n'
+    )
+
+
+def _write_hosts(workdir: Path, registry_host: str, *, mirror: str | None = None) -> None:
+    """``certs.d/<host>/hosts.toml``: pull and resolve from ``registry_host`` (or ``mirror``) over HTTP."""
     host_dir = workdir / "certs.d" / registry_host
     host_dir.mkdir(parents=True, exist_ok=True)
-    (host_dir / "hosts.toml").write_text(
-        f'server = "http://{registry_host}"\n\n'
-        f'[host."http://{registry_host}"]\n  capabilities = ["pull", "resolve"]\n'
-    )
+    (host_dir / "hosts.toml").write_text(hosts_toml(registry_host, mirror=mirror))
 
 
 @dataclass
@@ -144,9 +156,9 @@ class RunningContainerd:
         with CriImageRuntime(self.endpoint) as runtime:
             return {r for image in runtime.list_images() for r in image.refs}
 
-    def trust_registry(self, host: str) -> None:
-        """Pull from ``host`` over plain HTTP too (read by containerd at each pull)."""
-        _write_hosts(self.workdir, host)
+    def trust_registry(self, host: str, *, mirror: str | None = None) -> None:
+        """Pull from ``host`` over plain HTTP too, through ``mirror`` first if given (read at each pull)."""
+        _write_hosts(self.workdir, host, mirror=mirror)
 
     def log_tail(self, lines: int = 30) -> str:
         """The last lines of the daemon's log, for failure messages."""

@@ -102,6 +102,7 @@ def _config(
     htpasswd_file: Path | None,
     tls: tuple[Path, Path] | None,
     token_auth: TokenAuth | None,
+    proxy_remote_url: str | None = None,
 ) -> dict[str, object]:
     http_section: dict[str, object] = {
         "addr": f"127.0.0.1:{port}",
@@ -120,6 +121,9 @@ def _config(
         },
         "http": http_section,
     }
+    if proxy_remote_url is not None:
+        # A pull-through cache: blobs and manifests it lacks are fetched from there and kept.
+        config["proxy"] = {"remoteurl": proxy_remote_url}
     if htpasswd_file is not None:
         config["auth"] = {"htpasswd": {"realm": "test-realm", "path": str(htpasswd_file)}}
     elif token_auth is not None:
@@ -160,20 +164,22 @@ def _tail(path: Path, lines: int = 20) -> str:
         return ""
 
 
-def _launch(config_file: Path, log_file: Path, port: int, *, tls: bool) -> subprocess.Popen[bytes]:
+def _launch(
+    config_file: Path, log_file: Path, port: int, *, tls: bool, binary: str = BINARY
+) -> subprocess.Popen[bytes]:
     """Start the binary and poll until it answers; raise RuntimeError with its log otherwise."""
     with log_file.open("ab") as log:
-        proc = subprocess.Popen([BINARY, "serve", str(config_file)], stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([binary, "serve", str(config_file)], stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"docker-registry exited with {proc.returncode}:\n{_tail(log_file)}")
+            raise RuntimeError(f"{binary} exited with {proc.returncode}:\n{_tail(log_file)}")
         if _answers("127.0.0.1", port, tls=tls):
             return proc
         with suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=0.05)
     _stop(proc)
-    raise RuntimeError(f"docker-registry did not answer on port {port}:\n{_tail(log_file)}")
+    raise RuntimeError(f"{binary} did not answer on port {port}:\n{_tail(log_file)}")
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -194,13 +200,17 @@ def start_registry(
     tls: tuple[Path, Path] | None = None,
     token_auth: TokenAuth | None = None,
     ca_file: Path | None = None,
+    proxy_remote_url: str | None = None,
+    binary: str = BINARY,
 ) -> Iterator[RunningRegistry]:
     """Run a real registry storing under ``workdir``; it is killed when the block exits.
 
     ``htpasswd`` is ``(username, password)``; ``tls`` is ``(certificate, key)`` PEM files, with
-    ``ca_file`` the bundle clients should trust; ``token_auth`` configures bearer token auth.
+    ``ca_file`` the bundle clients should trust; ``token_auth`` configures bearer token auth;
+    ``proxy_remote_url`` (``http://HOST:PORT``) makes it a pull-through cache of that registry;
+    ``binary`` is another build of Distribution to run (``hack/distribution.sh``).
     """
-    if shutil.which(BINARY) is None:
+    if binary == BINARY and shutil.which(BINARY) is None:
         pytest.fail(f"{BINARY} not found: install the Debian package {APT_PACKAGE!r}")
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -210,7 +220,13 @@ def start_registry(
         htpasswd_file.write_text(f"{htpasswd[0]}:{bcrypt_hash(htpasswd[1])}\n")
     log_file = workdir / "registry.log"
     proc, port = _start_on_free_port(
-        workdir, log_file, htpasswd_file=htpasswd_file, tls=tls, token_auth=token_auth
+        workdir,
+        log_file,
+        htpasswd_file=htpasswd_file,
+        tls=tls,
+        token_auth=token_auth,
+        proxy_remote_url=proxy_remote_url,
+        binary=binary,
     )
     scheme = "https" if tls else "http"
     try:
@@ -235,21 +251,30 @@ def _start_on_free_port(
     htpasswd_file: Path | None,
     tls: tuple[Path, Path] | None,
     token_auth: TokenAuth | None,
+    proxy_remote_url: str | None,
+    binary: str,
 ) -> tuple[subprocess.Popen[bytes], int]:
     """Another process may take the port between probe and bind, so retry a few ports."""
     error: RuntimeError | None = None
     for _ in range(_PORT_ATTEMPTS):
         port = free_port()
-        config = _config(workdir, port, htpasswd_file=htpasswd_file, tls=tls, token_auth=token_auth)
+        config = _config(
+            workdir,
+            port,
+            htpasswd_file=htpasswd_file,
+            tls=tls,
+            token_auth=token_auth,
+            proxy_remote_url=proxy_remote_url,
+        )
         config_file = workdir / "config.yml"
         config_file.write_text(json.dumps(config, indent=2))  # JSON is valid YAML
         try:
-            return _launch(config_file, log_file, port, tls=tls is not None), port
+            return _launch(config_file, log_file, port, tls=tls is not None, binary=binary), port
         except RuntimeError as exc:
             error = exc
             if "address already in use" not in str(exc):
                 break
-    pytest.fail(f"could not start docker-registry: {error}")
+    pytest.fail(f"could not start {binary}: {error}")
 
 
 @dataclass(frozen=True)
