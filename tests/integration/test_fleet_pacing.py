@@ -148,7 +148,7 @@ def started(
     """Start the agents of both nodes together: the one that took the seed slot, then the waiting one."""
     agents = {n.name: fleet.agent(n) for n in nodes}
     holder = next(iter(agents.values())).wait(
-        lambda: fleet.holder(model) or None, what="a node holding the seed slot"
+        lambda: fleet.holder(model) or None, what="a node holding the seed slot", timeout_seconds=120
     )
     assert holder in agents, f"the seed slot is held by {holder!r}, not by a node of this test"
     (waiter,) = (n for n in nodes if n.name != holder)
@@ -156,6 +156,7 @@ def started(
     agents[waiter.name].wait(
         lambda: agents[waiter.name].metric("prefetcher_pacing_waiting_models", reason="seed") == 1,
         what="the other node waiting for the seed",
+        timeout_seconds=120,
     )
     return holding, agents[holding.name], waiter, agents[waiter.name]
 
