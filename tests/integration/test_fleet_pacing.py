@@ -25,7 +25,7 @@ from prefetcher.adapters.node_status import ANNOTATION as SUMMARY
 from prefetcher.adapters.node_warm import ANNOTATION as WARM
 from prefetcher.core.pacing import digest_lease
 from tests.support.agent_process import AgentProcess, agent_config, running_agent
-from tests.support.agent_rbac import agent_kubeconfig, apply_agent_rbac
+from tests.support.agent_rbac import node_agent_kubeconfig
 from tests.support.apiserver import ApiServer
 from tests.support.containerd import ContainerdFactory, RunningContainerd
 from tests.support.kube_objects import apply_isvc, create_node, unique
@@ -41,11 +41,12 @@ NAMESPACE = "modelcar-prefetcher"
 
 @dataclass
 class FleetNode:
-    """A Node object, its containerd and the agent configuration written for it."""
+    """A Node object, its containerd, the agent configuration written for it and the agent's identity."""
 
     name: str
     containerd: RunningContainerd
     config: Path
+    kubeconfig: Path
 
 
 @dataclass
@@ -54,7 +55,6 @@ class Fleet:
     registry: RunningRegistry
     namespace: str
     proxy_host: str
-    kubeconfig: Path
     workdir: Path
     containerd_factory: ContainerdFactory
     stack: ExitStack
@@ -75,17 +75,18 @@ class Fleet:
         )
         config = workdir / "agent.yaml"
         config.write_text(json.dumps(settings))
-        return FleetNode(name, containerd, config)
+        # The agent as deployed: a token bound to a Pod on this node, under the node policy.
+        return FleetNode(name, containerd, config, node_agent_kubeconfig(self.apiserver, name))
 
     def agent(self, node: FleetNode) -> AgentProcess:
         log_file = self.workdir / f"{node.name}.log"
         return self.stack.enter_context(
-            running_agent(node.config, node=node.name, kubeconfig=self.kubeconfig, log_file=log_file)
+            running_agent(node.config, node=node.name, kubeconfig=node.kubeconfig, log_file=log_file)
         )
 
     def plan(self, node: FleetNode) -> str:
         command = [sys.executable, "-m", "prefetcher", "plan", "--config", str(node.config)]
-        command += ["--node-name", node.name, "--kubeconfig", str(self.kubeconfig)]
+        command += ["--node-name", node.name, "--kubeconfig", str(node.kubeconfig)]
         result = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
         assert result.returncode == 0, result.stderr
         return result.stdout
@@ -112,7 +113,6 @@ def fleet(
 ) -> Iterator[Fleet]:
     request.getfixturevalue("isvc_crd")
     monkeypatch = request.getfixturevalue("monkeypatch")
-    apply_agent_rbac(apiserver)
     monkeypatch.setenv("POD_NAMESPACE", NAMESPACE)  # as the DaemonSet sets it; the agents inherit it
     namespace = unique("ns")
     apiserver.create_namespace(namespace)
@@ -123,7 +123,6 @@ def fleet(
             registry,
             namespace,
             proxy.host,
-            agent_kubeconfig(apiserver),
             tmp_path,
             containerd_factory,
             stack,
@@ -171,8 +170,13 @@ def test_with_one_seed_the_second_node_waits_until_the_first_is_warm(fleet: Flee
     nodes = (fleet.node(leaseDurationSeconds=10), alone)
     first, agent_a, second, agent_b = started(fleet, llama, *nodes)
 
-    summary = json.loads(fleet.annotation(second, SUMMARY))
-    assert summary["pacing"]["waiting"] == {"seed": 1} and summary["skipped"]["paced"] == 1
+    # The metric is set during the pass, the summary published after it: wait for the summary.
+    def waiting_summary() -> dict[str, Any] | None:
+        summary: dict[str, Any] = json.loads(fleet.annotation(second, SUMMARY) or "{}")
+        return summary if summary.get("pacing", {}).get("waiting") == {"seed": 1} else None
+
+    summary = agent_b.wait(waiting_summary, what="the waiting node's summary")
+    assert summary["skipped"]["paced"] == 1
     assert f"skip     {ref}  (paced) waiting for a turn: no node holds it warm yet" in fleet.plan(second)
     assert not has(first, ref)() and not has(second, ref)()
     # The model only one node may run is never held back by the wait.

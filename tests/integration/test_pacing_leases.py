@@ -17,7 +17,7 @@ from prefetcher.adapters.kube_api import api_client
 from prefetcher.adapters.leases import LABEL, LeaseStore
 from prefetcher.adapters.node_warm import ANNOTATION, NodeWarmth
 from prefetcher.errors import KubeError
-from tests.support.agent_rbac import agent_kubeconfig, apply_agent_rbac, can
+from tests.support.agent_rbac import agent_kubeconfig, apply_agent_rbac, can, node_agent_kubeconfig
 from tests.support.apiserver import ApiServer
 from tests.support.kube_objects import create_node, unique
 
@@ -127,11 +127,12 @@ def test_the_lease_role_is_namespaced_and_least_privilege(
     assert not can(apiserver, "list", "leases.coordination.k8s.io", "--all-namespaces")
 
 
-def test_warm_digests_are_published_once_and_read_from_the_other_nodes(
-    apiserver: ApiServer, agent_api: Any
-) -> None:
+def test_warm_digests_are_published_once_and_read_from_the_other_nodes(apiserver: ApiServer) -> None:
     here, there = create_node(apiserver), create_node(apiserver)
-    mine, theirs = NodeWarmth(agent_api, node_name=here), NodeWarmth(agent_api, node_name=there)
+    # Each node's agent as deployed: under the node policy an agent annotates only its own Node.
+    here_api = api_client(kubeconfig=str(node_agent_kubeconfig(apiserver, here)))
+    there_api = api_client(kubeconfig=str(node_agent_kubeconfig(apiserver, there)))
+    mine, theirs = NodeWarmth(here_api, node_name=here), NodeWarmth(there_api, node_name=there)
     digest = "sha256:" + "ab" * 32
     theirs.publish([digest, digest])
     mine.publish(["sha256:" + "cd" * 32])
@@ -144,6 +145,8 @@ def test_warm_digests_are_published_once_and_read_from_the_other_nodes(
     assert written == digest
     theirs.publish([])
     assert digest not in mine.elsewhere()
+    here_api.close()
+    there_api.close()
 
 
 def test_a_missing_namespace_is_an_error_not_a_lost_race(apiserver: ApiServer) -> None:

@@ -86,3 +86,15 @@ def agent_pod_on(apiserver: ApiServer, node: str) -> str:
 
 def agent_token(apiserver: ApiServer, *bound: str) -> str:
     return apiserver.kubectl("create", "token", "modelcar-prefetcher", "-n", NAMESPACE, *bound).strip()
+
+
+def node_agent_kubeconfig(apiserver: ApiServer, node: str) -> Path:
+    """The shipped RBAC and node policy, and a kubeconfig of the agent on ``node`` as deployed: a
+    ServiceAccount token bound to a Pod on that node, so the API server itself puts the node's name
+    in the token's ``authentication.kubernetes.io/node-name`` extra the node policy checks."""
+    apply_agent_rbac(apiserver)
+    apiserver.kubectl("apply", "-n", NAMESPACE, "-f", str(DEPLOY / "serviceaccount.yaml"))
+    apiserver.kubectl("apply", "-f", str(DEPLOY / "node-policy.yaml"))
+    pod = agent_pod_on(apiserver, node)
+    token = agent_token(apiserver, "--bound-object-kind=Pod", f"--bound-object-name={pod}")
+    return token_kubeconfig(apiserver, token, unique("agent-token"))
