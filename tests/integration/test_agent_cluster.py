@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.agent_process import agent_config, run_cluster_agent, running_agent
+from tests.support.agent_process import TAINT, agent_config, run_cluster_agent, running_agent
 from tests.support.apiserver import ApiServer
 from tests.support.containerd import ContainerdFactory, RunningContainerd
 from tests.support.kube_objects import apply_isvc, create_node, gpu_predictor, unique
@@ -22,9 +22,6 @@ from tests.support.projected import ProjectedFile
 from tests.support.registry import RunningRegistry
 
 pytestmark = pytest.mark.integration
-TAINT = "modelcar-prefetcher.io/warming"
-
-
 
 
 def test_gpu_model_warms_only_on_the_gpu_node_with_events_and_the_taint_lifted(
