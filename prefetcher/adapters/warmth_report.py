@@ -8,7 +8,9 @@ Lease unchanged for ``leaseDurationSeconds`` by its own clock, so clock skew bet
 not matter; writes carry the ``resourceVersion`` read, so two candidates never both win). The
 holder lists the Node summaries every period and records a ``ModelWarmth`` Event on each
 InferenceService whose count changed since it last announced it (``kubectl describe isvc`` shows
-it). A new holder remembers nothing, so it announces every InferenceService once.
+it). A new holder remembers nothing, so it announces every InferenceService once. Summaries are
+read as untrusted (``core.warmth.node_entries``): a node whose summary is junk counts nowhere and
+the others still count; a round that fails anyway is logged and the next one runs.
 
 Events, not a condition in the InferenceService's ``status``: KServe's controller owns that status
 and rewrites its conditions; a second writer there would need ``inferenceservices/status`` patch
@@ -37,7 +39,7 @@ from prefetcher.adapters.kube_api import (
 )
 from prefetcher.config import KubernetesConfig
 from prefetcher.core.isvc import IsvcModels
-from prefetcher.core.warmth import Warmth, isvc_warmth
+from prefetcher.core.warmth import Summary, Warmth, isvc_warmth
 from prefetcher.errors import KubeError
 from prefetcher.ports import Clock
 
@@ -128,7 +130,7 @@ class WarmthReporter:
         self,
         *,
         lease: LeaderLease,
-        summaries: Callable[[], Mapping[str, Mapping[str, Any] | None]],
+        summaries: Callable[[], Mapping[str, Summary]],
         records: Callable[[], Iterable[IsvcModels]],
         object_for: Callable[[str], ObjectRef],
         recorder: EventRecorder,
@@ -179,6 +181,8 @@ class WarmthReporter:
                 self.report()
             except KubeError as err:  # the next round tries again; pulls are unaffected
                 log.warning("warmth report failed: %s", err)
+            except Exception:  # the top of this thread's loop: a bug must not end reporting for good
+                log.exception("warmth report failed unexpectedly; trying again next period")
             self._stop.wait(self._period)
 
 
