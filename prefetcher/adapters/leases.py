@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes import client
 
-from prefetcher.adapters.kube_api import Collection, KubeStatusError, kube_errors, list_items
+from prefetcher.adapters.kube_api import Collection, KubeStatusError, kube_errors, list_items, micro_time
 from prefetcher.ports import Clock, LeaseState
 
 LABEL = "modelcar-prefetcher.io/pacing"
@@ -88,7 +87,7 @@ class LeaseStore:
         return (self._timeout, self._timeout)
 
     def _body(self, name: str, holder: str, duration_seconds: float, version: str | None) -> dict[str, Any]:
-        now = datetime.fromtimestamp(self._clock.now(), UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        now = micro_time(self._clock.now())
         metadata: dict[str, Any] = {"name": name, "labels": {LABEL: "slot"}}
         if version is not None:
             metadata["resourceVersion"] = version

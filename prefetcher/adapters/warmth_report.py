@@ -23,7 +23,6 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes import client
@@ -36,6 +35,7 @@ from prefetcher.adapters.kube_api import (
     ObjectRef,
     agent_namespace,
     kube_errors,
+    micro_time,
 )
 from prefetcher.config import KubernetesConfig
 from prefetcher.core.isvc import IsvcModels
@@ -99,7 +99,7 @@ class LeaderLease:
             raise
 
     def _write(self, version: str | None, *, holder: str | None = None) -> bool:
-        now = datetime.fromtimestamp(self._clock.now(), UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        now = micro_time(self._clock.now())
         metadata = {"name": LEASE_NAME} | ({"resourceVersion": version} if version else {})
         spec = {
             "holderIdentity": self._holder if holder is None else holder,

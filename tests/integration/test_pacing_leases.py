@@ -16,7 +16,9 @@ import pytest
 from prefetcher.adapters.kube_api import api_client
 from prefetcher.adapters.leases import LABEL, LeaseStore
 from prefetcher.adapters.node_warm import ANNOTATION, NodeWarmth
+from prefetcher.adapters.warmth_report import LeaderLease
 from prefetcher.errors import KubeError
+from prefetcher.testing.fakes import FakeClock
 from tests.support.agent_rbac import agent_kubeconfig, apply_agent_rbac, can, node_agent_kubeconfig
 from tests.support.apiserver import ApiServer
 from tests.support.kube_objects import create_node, unique
@@ -155,5 +157,22 @@ def test_a_missing_namespace_is_an_error_not_a_lost_race(apiserver: ApiServer) -
         store = LeaseStore(admin, namespace=unique("missing"), clock=_Clock())
         with pytest.raises(KubeError, match="404"):
             store.take("modelcar-pull-x-0", holder="node-a", duration_seconds=30, version=None)
+    finally:
+        admin.close()
+
+
+def test_leases_written_at_a_whole_second_are_accepted(apiserver: ApiServer, agent_api: Any) -> None:
+    clock = FakeClock(wall=1_800_000_000.0)  # the client drops a zero fraction; MicroTime needs one
+    store = LeaseStore(agent_api, namespace=AGENT_NAMESPACE, clock=clock)
+    name = unique("modelcar-pull-slot")
+    version = store.take(name, holder="node-a", duration_seconds=30, version=None)
+    assert version is not None
+    assert store.take(name, holder="node-a", duration_seconds=30, version=version) is not None
+    namespace = unique("ns")
+    apiserver.create_namespace(namespace)
+    admin = api_client(kubeconfig=str(apiserver.kubeconfig))
+    try:
+        lease = LeaderLease(admin, namespace=namespace, holder="node-a", duration_seconds=30, clock=clock)
+        assert lease.hold() and lease.hold()
     finally:
         admin.close()
