@@ -120,7 +120,9 @@ def test_turns_come_from_the_agents_pacing_core_deadline_included() -> None:
 
 
 def test_with_more_seeds_than_turns_the_simulation_keeps_the_agents_slot_arithmetic() -> None:
-    # Seeds hold slots 0..2; once warm only slots 0..1 exist, and a released slot 0 is a turn.
-    result = sim.simulate(replace(SMALL, nodes=4, seed_pulls=3, max_concurrent=2), "b")
-    first = result.warm_seconds[0]
-    assert result.warm_seconds[:3] == (first, first, first) and result.warm_seconds[3] > first
+    # Three seeds hold slots 0..2. Once the first is warm only slots 0..1 exist, but its slot 0 is
+    # free again: the agents give the fourth node that turn at once (a copied "pulling < cap" rule
+    # made it wait for the second seed).
+    fleet = replace(SMALL, nodes=4, seed_pulls=3, max_concurrent=2, origin_bps=100_000 * MB)
+    result = sim.simulate(replace(fleet, arrival_spread_seconds=10.0), "b")
+    assert result.warm_seconds[3] == pytest.approx(result.warm_seconds[0] + 20.0)
