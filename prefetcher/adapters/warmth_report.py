@@ -4,8 +4,10 @@ Every agent could count, from the Node summaries, on how many nodes each Inferen
 warm; fifty agents announcing the same change would be fifty Events. So the agents elect one
 reporter through a ``coordination.k8s.io`` Lease in their own namespace (``LeaderLease``, client-go's
 scheme in small: a holder renews ``renewTime``; another agent takes over only after it saw the
-Lease unchanged for ``leaseDurationSeconds`` by its own clock, so clock skew between nodes does
-not matter; writes carry the ``resourceVersion`` read, so two candidates never both win). The
+Lease unchanged for ``leaseDurationSeconds`` by its own clock, so clock skew between nodes does not
+matter; that duration is read as fleet pacing reads a slot's, ``core.pacing.held_for``: missing or
+junk counts as the agent's own, more than three times its own as three times; writes carry the
+``resourceVersion`` read, so two candidates never both win). The
 holder lists the Node summaries every period and records a ``ModelWarmth`` Event on each
 InferenceService whose count changed since it last announced it (``kubectl describe isvc`` shows
 it). A new holder remembers nothing, so it announces every InferenceService once. Summaries are
@@ -37,8 +39,10 @@ from prefetcher.adapters.kube_api import (
     kube_errors,
     micro_time,
 )
+from prefetcher.adapters.leases import lease_state
 from prefetcher.config import KubernetesConfig
 from prefetcher.core.isvc import IsvcModels
+from prefetcher.core.pacing import held_for
 from prefetcher.core.warmth import Summary, Warmth, isvc_warmth
 from prefetcher.errors import KubeError
 from prefetcher.ports import Clock
@@ -71,7 +75,8 @@ class LeaderLease:
             now = self._clock.monotonic()
             if version != self._seen[0]:
                 self._seen = (version, now)
-            duration = float(spec.get("leaseDurationSeconds") or self._duration)
+            # Read as pacing reads slots: a junk or huge duration holds three of ours at most.
+            duration = held_for(lease_state(lease).duration_seconds, self._duration)
             if now - self._seen[1] < duration:
                 return False
         return self._write(version)

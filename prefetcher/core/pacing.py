@@ -79,15 +79,16 @@ class LeaseRecord:
     seen_at: float
     duration_seconds: float
 
-    def live(self, now: float, policy: PacingPolicy | None = None) -> bool:
-        """Held, and renewed (a new version seen) within its duration (``held_for`` under ``policy``)."""
-        duration = self.duration_seconds if policy is None else held_for(self.duration_seconds, policy)
+    def live(self, now: float, own_seconds: float | None = None) -> bool:
+        """Held, and renewed (a new version seen) within its duration (``held_for`` ``own_seconds``)."""
+        declared = self.duration_seconds
+        duration = declared if own_seconds is None else held_for(declared, own_seconds)
         return bool(self.holder) and now - self.seen_at < duration
 
 
-def held_for(declared: float, policy: PacingPolicy) -> float:
-    """How long a Lease declaring ``declared`` seconds counts as held; see the module docstring."""
-    own = policy.lease_duration_seconds
+def held_for(declared: float, own: float) -> float:
+    """How long a Lease declaring ``declared`` seconds counts as held by a node whose own duration is
+    ``own``; see the module docstring."""
     if math.isnan(declared) or declared <= 0:
         return own
     return min(declared, MAX_DURATION_FACTOR * own)
@@ -193,7 +194,8 @@ def pace(
 
     def free(name: str) -> bool:
         record = leases.get(name)
-        mine_or_dead = record is None or record.holder == node or not record.live(now, policy)
+        own = policy.lease_duration_seconds
+        mine_or_dead = record is None or record.holder == node or not record.live(now, own)
         return name not in taken and mine_or_dead
 
     turns: list[Turn] = []

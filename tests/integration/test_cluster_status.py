@@ -23,7 +23,9 @@ import pytest
 from prefetcher.adapters.cluster_view import node_summaries
 from prefetcher.adapters.kube_api import api_client
 from prefetcher.adapters.node_status import ANNOTATION as SUMMARY
+from prefetcher.adapters.warmth_report import LEASE_NAME, LeaderLease
 from prefetcher.core.warmth import Warmth, isvc_warmth
+from prefetcher.testing.fakes import FakeClock
 from tests.support.agent_process import agent_config, run_cluster_agent, running_agent
 from tests.support.agent_rbac import DEPLOY, agent_pod_on, agent_token, apply_agent_rbac, token_kubeconfig
 from tests.support.apiserver import ApiServer
@@ -244,3 +246,24 @@ def test_nodes_with_junk_summaries_are_named_with_a_reason_and_the_others_still_
     finally:
         admin.close()
     assert warmth[f"{namespace}/llm"] == Warmth(2, 2)
+
+
+def test_a_foreign_reporter_lease_claiming_68_years_holds_it_three_durations_at_most(
+    apiserver: ApiServer,
+) -> None:
+    namespace = unique("ns")
+    apiserver.create_namespace(namespace)
+    spec = {"holderIdentity": "intruder", "leaseDurationSeconds": 2_147_483_647}
+    spec["renewTime"] = "2999-01-01T00:00:00.000000Z"
+    lease = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": LEASE_NAME}}
+    apiserver.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(lease | {"spec": spec}))
+    admin, clock = api_client(kubeconfig=str(apiserver.kubeconfig)), FakeClock()
+    try:
+        reporter = LeaderLease(admin, namespace=namespace, holder="node-a", duration_seconds=30, clock=clock)
+        assert not reporter.hold()
+        clock.advance(3 * 30 - 1)
+        assert not reporter.hold()
+        clock.advance(1)
+        assert reporter.hold()
+    finally:
+        admin.close()

@@ -266,7 +266,7 @@ OWN = ON.lease_duration_seconds
     ],
 )
 def test_a_lease_counts_as_held_for_its_duration_clamped(declared: float, counted: float) -> None:
-    assert held_for(declared, ON) == counted
+    assert held_for(declared, OWN) == counted
 
 
 @pytest.mark.parametrize("declared", [0.0, -1.0, math.nan, 2_147_483_647.0, math.inf])
