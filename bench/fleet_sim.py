@@ -18,6 +18,14 @@ are split evenly among the pulls they serve at that moment. Between two events (
 a node starts wanting the model) every rate is constant, so the simulation steps from event to
 event; it is pure and deterministic (``simulate`` takes a seed, no clock).
 
+Turns are decided by the agent's own pacing core, ``prefetcher.core.pacing.pace``: at each event
+every waiting node, in the order it started wanting the model, asks for a turn with the slot
+Leases the pulling nodes hold (renewed while they make progress, released when they are warm) and
+the model warm elsewhere once one node is; strategy ``a`` is pacing off. So the simulation paces
+exactly as the agent does, slot for slot. The agent's deadline (``fleet.maxWaitSeconds``, after
+which a node pulls anyway) is off unless ``--max-wait-s`` is given: at the default 3600 s a large
+fleet's paced pulls would mostly start at the deadline, and the figures compare pacing itself.
+
 Printed: per strategy, for 500 nodes x 140 GB by default, the time to the first, median, p99 and
 last warm node and the origin egress, next to the published anchors (Dragonfly, Kraken), and, with
 ``--measured FILE``, the real run the parameters were measured in, simulated again at its size.
@@ -46,7 +54,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from prefetcher.core.pacing import Candidate, LeaseRecord, PacingPolicy, pace
+
 MB, GB = 10**6, 10**9
+MODEL = Candidate("origin.example/models/m@sha256:" + "0" * 64, "sha256:" + "0" * 64, "origin.example")
 STRATEGIES = {"a": "all at once, direct", "b": "paced, direct", "c": "paced, through a mirror"}
 ANCHORS = (
     "Dragonfly (published): 130 GB to 200 nodes, about 130 GB from the origin instead of 26 TB",
@@ -68,6 +79,7 @@ class Params:
     mirror_fetches: int = 1
     arrival_spread_seconds: float = 0.0
     seed: int = 0
+    max_wait_seconds: float = math.inf
 
 
 @dataclass(frozen=True)
@@ -87,37 +99,76 @@ def simulate(params: Params, strategy: str) -> Result:
     """Run one strategy to the last warm node."""
     rng = random.Random(params.seed)
     arrivals = sorted(rng.uniform(0, params.arrival_spread_seconds) for _ in range(params.nodes))
-    waiting: list[float] = []
-    active: list[float] = []  # bytes still to pull, per pulling node
+    policy = _policy(params, strategy)
+    since: dict[int, float] = {}  # waiting node -> when it started wanting the model
+    active: dict[int, float] = {}  # pulling node -> bytes still to pull
+    leases: dict[str, LeaseRecord] = {}  # slot -> the pulling node that holds it
     warm: list[float] = []
     now, origin, mirror_filled = 0.0, 0.0, 0.0
     while len(warm) < params.nodes:
         while arrivals and arrivals[0] <= now:
-            waiting.append(arrivals.pop(0))
-        cap = len(waiting) + len(active) if strategy == "a" else _cap(params, warm)
-        while waiting and len(active) < cap:
-            waiting.pop(0)
-            active.append(float(params.size_bytes))
+            node = params.nodes - len(arrivals)
+            since[node] = arrivals.pop(0)
+        leases = {name: replace(record, seen_at=now) for name, record in leases.items()}  # renewed
+        for node, started in list(since.items()):  # in the order the nodes started waiting
+            turn = _turn(policy, node, started, leases=leases, any_warm=bool(warm), now=now)
+            if turn is None:
+                break  # a later node sees the same slots taken and has waited less
+            leases.update((name, LeaseRecord(name, str(node), "1", now, math.inf)) for name in turn)
+            active[node] = float(params.size_bytes)
+            del since[node]
         rate, from_origin = _rates(params, strategy, len(active), bool(warm))
-        step = min((left / rate for left in active), default=float("inf"))
+        step = min((left / rate for left in active.values()), default=float("inf"))
         if arrivals:
             step = min(step, arrivals[0] - now)
+        if since:  # the first waiting node's deadline is an event too
+            step = min(step, max(min(since.values()) + params.max_wait_seconds - now, 0.0))
         now += step
         moved = rate * step
         if from_origin and strategy == "c":  # the mirror fetches what it streams, once per fetch
-            most = params.size_bytes - min(active) + moved
+            most = params.size_bytes - min(active.values()) + moved
             origin += (min(most, params.size_bytes) - mirror_filled) * params.mirror_fetches
             mirror_filled = min(most, params.size_bytes)
         elif from_origin:
             origin += moved * len(active)
-        active = [left - moved for left in active]
-        warm += [now for left in active if left <= 1e-6 * params.size_bytes]
-        active = [left for left in active if left > 1e-6 * params.size_bytes]
+        active = {node: left - moved for node, left in active.items()}
+        for node in [n for n, left in active.items() if left <= 1e-6 * params.size_bytes]:
+            warm.append(now)
+            del active[node]  # warm, published, and its slots released
+            leases = {name: r for name, r in leases.items() if r.holder != str(node)}
     return Result(strategy, tuple(warm), origin)
 
 
-def _cap(params: Params, warm: list[float]) -> int:
-    return params.max_concurrent if warm else params.seed_pulls
+def _policy(params: Params, strategy: str) -> PacingPolicy:
+    """The ``fleet`` settings of every node; strategy ``a`` is pacing off."""
+    return PacingPolicy(
+        enabled=strategy != "a",
+        seed_pulls=params.seed_pulls,
+        max_concurrent_pulls=params.max_concurrent,
+        max_wait_seconds=params.max_wait_seconds,
+    )
+
+
+def _turn(
+    policy: PacingPolicy,
+    node: int,
+    started: float,
+    *,
+    leases: dict[str, LeaseRecord],
+    any_warm: bool,
+    now: float,
+) -> tuple[str, ...] | None:
+    """The slots ``node`` takes for its turn (none when unpaced or overdue), or None: it waits."""
+    decided = pace(
+        [MODEL],
+        leases=leases,
+        warm=frozenset({MODEL.key}) if any_warm else frozenset(),
+        policy=policy,
+        node=str(node),
+        now=now,
+        waiting_since={MODEL.ref: started},
+    )
+    return decided.turns[0].leases if decided.turns else None
 
 
 def _rates(params: Params, strategy: str, pulling: int, any_warm: bool) -> tuple[float, bool]:
@@ -168,7 +219,8 @@ def calibrate(params: Params, measured: dict[str, Any]) -> None:
 
 def params_from(args: argparse.Namespace, file: dict[str, Any]) -> Params:
     """Flags over the measured file over the defaults."""
-    base = Params(seed=args.seed, arrival_spread_seconds=args.arrival_spread_s)
+    spread, max_wait = args.arrival_spread_s, args.max_wait_s
+    base = Params(seed=args.seed, arrival_spread_seconds=spread, max_wait_seconds=max_wait)
     keys = {
         "node_bps": ("node_mb_s", "nodeMBs", MB),
         "origin_bps": ("origin_mb_s", "originMBs", MB),
@@ -197,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument(f"--{flag}", type=int)
     parser.add_argument("--arrival-spread-s", type=float, default=0.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-wait-s", type=float, default=math.inf, help="fleet.maxWaitSeconds (off)")
     args = parser.parse_args(argv)
     file = json.loads(args.measured.read_text()) if args.measured else {}
     params = params_from(args, file)

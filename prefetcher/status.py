@@ -62,6 +62,7 @@ def document(view: FleetView, warmth: dict[str, tuple[int, int]]) -> dict[str, A
     return {
         "nodes": view.nodes,
         "nodesWithoutSummary": list(view.silent),
+        "unreadableSummaries": dict(sorted(view.unreadable.items())),
         "models": [_model(row) for row in view.models],
         "inferenceServices": [
             {"name": key, "warmNodes": warm, "eligibleNodes": eligible}
@@ -99,6 +100,10 @@ def table(doc: dict[str, Any], *, wide: bool) -> str:
     lines.append(f"\n{doc['nodes'] - len(silent)} of {doc['nodes']} nodes report models")
     if wide and silent:
         lines[-1] += f"; no summary: {_names(silent)}"
+    bad = sorted(doc["unreadableSummaries"].items())
+    lines += [f"node {node}: summary unreadable: {reason}" for node, reason in bad[:_LISTED]]
+    if len(bad) > _LISTED:
+        lines.append(f"+{len(bad) - _LISTED} more nodes with unreadable summaries (-o json lists them)")
     if doc["inferenceServices"]:
         lines.append("")
         lines += _align(

@@ -1,13 +1,12 @@
 """Reads what the agents publish across the cluster: every Node's summary and the InferenceServices.
 
 Read only (get/list on nodes and inferenceservices); used by ``prefetcher status`` with the
-operator's kubeconfig and by the agent that reports warmth. Lists are paged; a summary that is not
-a JSON object reads as None (the node publishes nothing usable).
+operator's kubeconfig and by the agent that reports warmth. Lists are paged; each summary is decoded
+as untrusted text by ``core.warmth.read_summary`` (junk reads as ``Unreadable``, with the reason).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -18,6 +17,7 @@ from prefetcher.adapters.kube_api import Collection, KubeStatusError, isvc_colle
 from prefetcher.adapters.node_status import ANNOTATION
 from prefetcher.core.isvc import extract_models
 from prefetcher.core.refs import parse_reference
+from prefetcher.core.warmth import Summary, read_summary
 from prefetcher.errors import InvalidReferenceError
 
 PAGE_SIZE = 500
@@ -37,25 +37,15 @@ def list_all(collection: Collection) -> Iterator[Mapping[str, Any]]:
             return
 
 
-def node_summaries(api: Any) -> dict[str, dict[str, Any] | None]:
-    """Each Node's name and its agent's summary (None when it has none, or not a JSON object)."""
+def node_summaries(api: Any) -> dict[str, Summary]:
+    """Each Node's name and its agent's summary (None when it has none, ``Unreadable`` when junk)."""
     nodes = Collection("nodes", client.CoreV1Api(api).list_node)
-    summaries: dict[str, dict[str, Any] | None] = {}
+    summaries: dict[str, Summary] = {}
     for node in list_all(nodes):
         metadata = node.get("metadata") or {}
         annotations = metadata.get("annotations") or {}
-        summaries[str(metadata.get("name", ""))] = _decode(annotations.get(ANNOTATION))
+        summaries[str(metadata.get("name", ""))] = read_summary(annotations.get(ANNOTATION))
     return summaries
-
-
-def _decode(text: object) -> dict[str, Any] | None:
-    if not isinstance(text, str):
-        return None
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def isvc_refs(api: Any, namespace: str | None = None) -> dict[str, tuple[str, ...]]:

@@ -72,6 +72,17 @@ def kube_errors(what: str) -> Iterator[None]:
         raise KubeError(f"{what}: {type(error).__name__}: {error}") from error
 
 
+def micro_time(seconds: float) -> str:
+    """``seconds`` (Unix time) as a MicroTime (a Lease's ``renewTime``) the API server accepts.
+
+    The client turns the text into a ``datetime`` for its ``V1Lease`` model and sends its
+    ``isoformat()``, which has no fraction at a whole second: the server's MicroTime layout needs
+    one and answers 400. A microsecond later always has one.
+    """
+    when = datetime.fromtimestamp(seconds, UTC)
+    return (when.replace(microsecond=1) if when.microsecond == 0 else when).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 @dataclass(frozen=True)
 class Collection:
     """Something to list and watch: a generated client ``list_*`` method and its fixed arguments."""

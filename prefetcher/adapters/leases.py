@@ -7,18 +7,26 @@ the ``resourceVersion`` that was read answers 409 when anyone wrote it since. Bo
 node was first" and come back as ``None``; a release is a delete with the read version as a
 precondition, so it never removes a slot another node took over in between. Every call has a
 timeout, and client or transport errors leave as ``KubeError`` (see ``kube_api.kube_errors``).
+
+A slot is known by its name (``core.pacing.LEASE_PREFIX``), not by the label this store writes:
+a Lease someone else created under a slot's name without the label would otherwise be invisible
+to ``list`` while every create of that name answers 409, and the slot would wait for
+``fleet.maxWaitSeconds`` on every node. Fields are read as untrusted (``lease_state``): a holder
+that is not text reads as none, a duration that is not a number as 0 (which the core reads as
+this node's own duration, see ``core.pacing.held_for``).
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes import client
 
-from prefetcher.adapters.kube_api import Collection, KubeStatusError, kube_errors, list_items
+from prefetcher.adapters.kube_api import Collection, KubeStatusError, kube_errors, list_items, micro_time
+from prefetcher.core.pacing import LEASE_PREFIX
 from prefetcher.ports import Clock, LeaseState
 
 LABEL = "modelcar-prefetcher.io/pacing"
@@ -33,14 +41,11 @@ class LeaseStore:
         self._namespace, self._clock, self._timeout = namespace, clock, timeout_seconds
 
     def list(self) -> dict[str, LeaseState]:
-        """Every pacing Lease of the namespace, by name."""
-        slots = Collection(
-            f"leases in {self._namespace}",
-            self._leases.list_namespaced_lease,
-            (("namespace", self._namespace), ("label_selector", f"{LABEL}=slot")),
-        )
-        states = (_state(item) for item in list_items(slots, timeout_seconds=self._timeout))
-        return {s.name: s for s in states}
+        """Every Lease of the namespace named as a pacing slot, labelled or not, by name."""
+        namespace = (("namespace", self._namespace),)
+        leases = Collection(f"leases in {self._namespace}", self._leases.list_namespaced_lease, namespace)
+        states = (lease_state(item) for item in list_items(leases, timeout_seconds=self._timeout))
+        return {s.name: s for s in states if s.name.startswith(f"{LEASE_PREFIX}-")}
 
     def take(self, name: str, *, holder: str, duration_seconds: float, version: str | None) -> str | None:
         """Hold ``name`` (create it when ``version`` is None, else update that version); its new
@@ -57,7 +62,7 @@ class LeaseStore:
                         name, self._namespace, body, _preload_content=False, _request_timeout=self._timeouts
                     )
                 try:
-                    return _state(json.loads(response.data)).version
+                    return lease_state(json.loads(response.data)).version
                 finally:
                     response.release_conn()
         except KubeStatusError as error:
@@ -88,7 +93,7 @@ class LeaseStore:
         return (self._timeout, self._timeout)
 
     def _body(self, name: str, holder: str, duration_seconds: float, version: str | None) -> dict[str, Any]:
-        now = datetime.fromtimestamp(self._clock.now(), UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        now = micro_time(self._clock.now())
         metadata: dict[str, Any] = {"name": name, "labels": {LABEL: "slot"}}
         if version is not None:
             metadata["resourceVersion"] = version
@@ -100,11 +105,26 @@ class LeaseStore:
         return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": metadata, "spec": spec}
 
 
-def _state(item: Mapping[str, Any]) -> LeaseState:
-    metadata, spec = item.get("metadata") or {}, item.get("spec") or {}
+def lease_state(item: Mapping[str, Any]) -> LeaseState:
+    """A Lease as read, whatever its fields hold; see the module docstring."""
+    metadata, spec = _mapping(item.get("metadata")), _mapping(item.get("spec"))
+    holder, duration = spec.get("holderIdentity"), spec.get("leaseDurationSeconds")
     return LeaseState(
         name=str(metadata.get("name", "")),
-        holder=str(spec.get("holderIdentity") or ""),
+        holder=holder if isinstance(holder, str) else "",
         version=str(metadata.get("resourceVersion", "")),
-        duration_seconds=float(spec.get("leaseDurationSeconds") or 0),
+        duration_seconds=_seconds(duration),
     )
+
+
+def _seconds(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0.0
+    try:
+        return float(value)
+    except OverflowError:  # an integer past any float: longer than anything the core accepts
+        return math.inf
+
+
+def _mapping(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}

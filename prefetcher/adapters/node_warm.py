@@ -4,6 +4,11 @@ Each agent writes the digests warm on its node to ``ANNOTATION`` (sorted, comma-
 when the set changes. Pacing reads every node's annotation with one metadata-only list (no
 status, no images: a few hundred bytes per node) to learn whether any other node holds a digest
 warm, which is when more than ``fleet.seedPulls`` nodes may pull it.
+
+Anyone allowed to patch a Node can write the annotation, so another node's is read by
+``core.pacing.warm_keys``: only well-formed digest (or unpinned reference) entries count, junk is
+ignored. This node's own annotation, found different from what it last wrote, is written again at
+the next ``publish``.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ from typing import Any
 from kubernetes import client
 
 from prefetcher.adapters.kube_api import Collection, kube_errors, list_items
+from prefetcher.core.pacing import warm_keys
 
 ANNOTATION = "modelcar-prefetcher.io/warm"
 METADATA_ONLY = "application/json;as=PartialObjectMetadataList;v=v1;g=meta.k8s.io,application/json"
@@ -41,12 +47,14 @@ class NodeWarmth:
         self._last = text
 
     def elsewhere(self) -> frozenset[str]:
-        """The digests some other node holds warm."""
+        """The digests some other node holds warm (its annotation's valid entries)."""
         nodes = Collection("nodes", self._core.list_node, (("_headers", {"Accept": METADATA_ONLY}),))
         keys: set[str] = set()
         for item in list_items(nodes, timeout_seconds=self._timeout):
             metadata = item.get("metadata") or {}
+            text = (metadata.get("annotations") or {}).get(ANNOTATION) or ""
             if metadata.get("name") != self._node:
-                text = (metadata.get("annotations") or {}).get(ANNOTATION) or ""
-                keys.update(k for k in text.split(",") if k)
+                keys.update(warm_keys(str(text)))
+            elif self._last is not None and text != self._last:
+                self._last = None  # someone else wrote ours: publish it again
         return frozenset(keys)

@@ -4,11 +4,15 @@ Every agent could count, from the Node summaries, on how many nodes each Inferen
 warm; fifty agents announcing the same change would be fifty Events. So the agents elect one
 reporter through a ``coordination.k8s.io`` Lease in their own namespace (``LeaderLease``, client-go's
 scheme in small: a holder renews ``renewTime``; another agent takes over only after it saw the
-Lease unchanged for ``leaseDurationSeconds`` by its own clock, so clock skew between nodes does
-not matter; writes carry the ``resourceVersion`` read, so two candidates never both win). The
+Lease unchanged for ``leaseDurationSeconds`` by its own clock, so clock skew between nodes does not
+matter; that duration is read as fleet pacing reads a slot's, ``core.pacing.held_for``: missing or
+junk counts as the agent's own, more than three times its own as three times; writes carry the
+``resourceVersion`` read, so two candidates never both win). The
 holder lists the Node summaries every period and records a ``ModelWarmth`` Event on each
 InferenceService whose count changed since it last announced it (``kubectl describe isvc`` shows
-it). A new holder remembers nothing, so it announces every InferenceService once.
+it). A new holder remembers nothing, so it announces every InferenceService once. Summaries are
+read as untrusted (``core.warmth.node_entries``): a node whose summary is junk counts nowhere and
+the others still count; a round that fails anyway is logged and the next one runs.
 
 Events, not a condition in the InferenceService's ``status``: KServe's controller owns that status
 and rewrites its conditions; a second writer there would need ``inferenceservices/status`` patch
@@ -21,7 +25,6 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 from kubernetes import client
@@ -34,10 +37,13 @@ from prefetcher.adapters.kube_api import (
     ObjectRef,
     agent_namespace,
     kube_errors,
+    micro_time,
 )
+from prefetcher.adapters.leases import lease_state
 from prefetcher.config import KubernetesConfig
 from prefetcher.core.isvc import IsvcModels
-from prefetcher.core.warmth import Warmth, isvc_warmth
+from prefetcher.core.pacing import held_for
+from prefetcher.core.warmth import Summary, Warmth, isvc_warmth
 from prefetcher.errors import KubeError
 from prefetcher.ports import Clock
 
@@ -69,7 +75,8 @@ class LeaderLease:
             now = self._clock.monotonic()
             if version != self._seen[0]:
                 self._seen = (version, now)
-            duration = float(spec.get("leaseDurationSeconds") or self._duration)
+            # Read as pacing reads slots: a junk or huge duration holds three of ours at most.
+            duration = held_for(lease_state(lease).duration_seconds, self._duration)
             if now - self._seen[1] < duration:
                 return False
         return self._write(version)
@@ -97,7 +104,7 @@ class LeaderLease:
             raise
 
     def _write(self, version: str | None, *, holder: str | None = None) -> bool:
-        now = datetime.fromtimestamp(self._clock.now(), UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        now = micro_time(self._clock.now())
         metadata = {"name": LEASE_NAME} | ({"resourceVersion": version} if version else {})
         spec = {
             "holderIdentity": self._holder if holder is None else holder,
@@ -128,7 +135,7 @@ class WarmthReporter:
         self,
         *,
         lease: LeaderLease,
-        summaries: Callable[[], Mapping[str, Mapping[str, Any] | None]],
+        summaries: Callable[[], Mapping[str, Summary]],
         records: Callable[[], Iterable[IsvcModels]],
         object_for: Callable[[str], ObjectRef],
         recorder: EventRecorder,
@@ -179,6 +186,8 @@ class WarmthReporter:
                 self.report()
             except KubeError as err:  # the next round tries again; pulls are unaffected
                 log.warning("warmth report failed: %s", err)
+            except Exception:  # the top of this thread's loop: a bug must not end reporting for good
+                log.exception("warmth report failed unexpectedly; trying again next period")
             self._stop.wait(self._period)
 
 

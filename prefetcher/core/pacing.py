@@ -21,18 +21,40 @@ the agent's namespace, named by ``digest_lease(key, i)``; the node that holds it
 
 A model no other node wants never waits: nobody else holds its digest's slots. Only the optional
 per-registry cap is shared between models.
+
+What other nodes publish is read as untrusted:
+
+* ``warm_keys`` reads a node's warm annotation: an entry counts only when it is a digest
+  (``sha256:`` and 64 lowercase hex digits, or ``sha512:`` and 128) or a reference in the
+  canonical form ``model_key`` gives an unpinned model; anything else is ignored, so junk cannot
+  make a model look warm (and raise its cap from ``seedPulls`` to ``maxConcurrentPulls``).
+* A slot Lease counts as held for ``held_for`` its declared ``leaseDurationSeconds``: missing, zero,
+  negative or not a number reads as this node's ``fleet.leaseDurationSeconds``; more than
+  ``MAX_DURATION_FACTOR`` times that (infinity included) is clamped to it. A holder renews every
+  third of its duration, so a live holder configured up to that long is never taken for dead, and
+  a dead or foreign one with a huge duration blocks its slot no longer. ``renewTime`` is not read
+  at all (expiry is judged by version changes on this node's clock), so a ``renewTime`` missing or
+  in the far future changes nothing. A Lease without a holder is free; Leases whose names are not
+  exactly a slot's are not looked at. A writer that keeps renewing a slot it does not pull under
+  holds it like a live node: ``maxWaitSeconds`` bounds that wait, as any other.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
+from prefetcher.core.refs import parse_reference
+from prefetcher.errors import InvalidReferenceError
+
 LEASE_PREFIX = "modelcar-pull"
+MAX_DURATION_FACTOR = 3
 _NOT_NAME = re.compile(r"[^a-z0-9-]+")
+_DIGEST_KEY = re.compile(r"sha256:[a-f0-9]{64}|sha512:[a-f0-9]{128}")
 
 
 @dataclass(frozen=True)
@@ -57,9 +79,35 @@ class LeaseRecord:
     seen_at: float
     duration_seconds: float
 
-    def live(self, now: float) -> bool:
-        """Held, and renewed (a new version seen) within its duration."""
-        return bool(self.holder) and now - self.seen_at < self.duration_seconds
+    def live(self, now: float, own_seconds: float | None = None) -> bool:
+        """Held, and renewed (a new version seen) within its duration (``held_for`` ``own_seconds``)."""
+        declared = self.duration_seconds
+        duration = declared if own_seconds is None else held_for(declared, own_seconds)
+        return bool(self.holder) and now - self.seen_at < duration
+
+
+def held_for(declared: float, own: float) -> float:
+    """How long a Lease declaring ``declared`` seconds counts as held by a node whose own duration is
+    ``own``; see the module docstring."""
+    if math.isnan(declared) or declared <= 0:
+        return own
+    return min(declared, MAX_DURATION_FACTOR * own)
+
+
+def warm_keys(text: str) -> frozenset[str]:
+    """The valid keys of a node's warm annotation (comma-separated); junk entries are ignored."""
+    return frozenset(key for entry in text.split(",") if _valid_key(key := entry.strip()))
+
+
+def _valid_key(key: str) -> bool:
+    if _DIGEST_KEY.fullmatch(key):
+        return True
+    if not key or len(key) > 512 or "@" in key:  # a pinned model's key is its digest alone
+        return False
+    try:
+        return parse_reference(key).canonical() == key
+    except InvalidReferenceError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -146,7 +194,8 @@ def pace(
 
     def free(name: str) -> bool:
         record = leases.get(name)
-        mine_or_dead = record is None or record.holder == node or not record.live(now)
+        own = policy.lease_duration_seconds
+        mine_or_dead = record is None or record.holder == node or not record.live(now, own)
         return name not in taken and mine_or_dead
 
     turns: list[Turn] = []

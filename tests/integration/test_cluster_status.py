@@ -20,6 +20,12 @@ from typing import Any
 
 import pytest
 
+from prefetcher.adapters.cluster_view import node_summaries
+from prefetcher.adapters.kube_api import api_client
+from prefetcher.adapters.node_status import ANNOTATION as SUMMARY
+from prefetcher.adapters.warmth_report import LEASE_NAME, LeaderLease
+from prefetcher.core.warmth import Warmth, isvc_warmth
+from prefetcher.testing.fakes import FakeClock
 from tests.support.agent_process import agent_config, run_cluster_agent, running_agent
 from tests.support.agent_rbac import DEPLOY, agent_pod_on, agent_token, apply_agent_rbac, token_kubeconfig
 from tests.support.apiserver import ApiServer
@@ -190,3 +196,74 @@ def test_one_elected_agent_records_warmth_events_only_on_change_and_another_take
 
         (announced,) = agents[other].wait(taken_over, what="the other agent reporting", timeout_seconds=60)
         assert announced["message"] == "warm on 2 of 2 eligible nodes"  # its summary stays on the node
+
+
+def annotate(apiserver: ApiServer, node: str, key: str, value: str) -> None:
+    """Write an annotation as anyone with patch rights on the Node could (read from stdin: any size)."""
+    patch = json.dumps({"metadata": {"annotations": {key: value}}})
+    apiserver.kubectl("patch", "node", node, "--type=merge", "--patch-file=/dev/stdin", input=patch)
+
+
+JUNK_SUMMARIES = {
+    "not JSON": "{models: oops",
+    "an array": "[1, 2]",
+    "lying types": json.dumps({"models": {"r": {"state": "warm", "isvcs": 5}}}),
+    "huge and nested too deeply": "[" * 100_000,
+    "escapes": '{"models": {"r\\ud800\\u001b[2J": {"state": "warm", "isvcs": ["x/y"]}}}',
+}
+
+
+def test_nodes_with_junk_summaries_are_named_with_a_reason_and_the_others_still_count(
+    apiserver: ApiServer,
+) -> None:
+    namespace = unique("ns")
+    ref = f"registry.test/models/{namespace}@sha256:" + "7" * 64
+    good = [create_node(apiserver) for _ in range(2)]
+    summary = {"models": {ref: {"state": "warm", "isvcs": [f"{namespace}/llm"]}}}
+    for node in good:
+        annotate(apiserver, node, SUMMARY, json.dumps(summary))
+    bad = {create_node(apiserver): text for text in JUNK_SUMMARIES.values()}
+    for node, text in bad.items():
+        annotate(apiserver, node, SUMMARY, text)
+    reader = status_reader(apiserver)
+
+    doc = json.loads(status(reader, "-o", "json"))
+    (row,) = (m for m in doc["models"] if m["model"] == ref)
+    assert sorted(row["warm"]) == sorted(good) and row["fits"] == 2, row
+    reasons = {node: doc["unreadableSummaries"].get(node) for node in bad}
+    assert all(reasons.values()), reasons
+    assert {"name": f"{namespace}/llm", "warmNodes": 2, "eligibleNodes": 2} in doc["inferenceServices"]
+    for output in ("table", "wide"):
+        lines = status(reader, "-o", output).splitlines()
+        assert any(line.startswith(ref[:40]) and line.split()[1:3] == ["2", "2"] for line in lines), lines
+        for node, reason in reasons.items():
+            assert f"node {node}: summary unreadable: {reason}" in lines, lines
+
+    # The warmth reporter reads the same way: the good nodes count, the junk ones nowhere.
+    admin = api_client(kubeconfig=str(apiserver.kubeconfig))
+    try:
+        warmth = isvc_warmth(node_summaries(admin))
+    finally:
+        admin.close()
+    assert warmth[f"{namespace}/llm"] == Warmth(2, 2)
+
+
+def test_a_foreign_reporter_lease_claiming_68_years_holds_it_three_durations_at_most(
+    apiserver: ApiServer,
+) -> None:
+    namespace = unique("ns")
+    apiserver.create_namespace(namespace)
+    spec = {"holderIdentity": "intruder", "leaseDurationSeconds": 2_147_483_647}
+    spec["renewTime"] = "2999-01-01T00:00:00.000000Z"
+    lease = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": LEASE_NAME}}
+    apiserver.kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(lease | {"spec": spec}))
+    admin, clock = api_client(kubeconfig=str(apiserver.kubeconfig)), FakeClock()
+    try:
+        reporter = LeaderLease(admin, namespace=namespace, holder="node-a", duration_seconds=30, clock=clock)
+        assert not reporter.hold()
+        clock.advance(3 * 30 - 1)
+        assert not reporter.hold()
+        clock.advance(1)
+        assert reporter.hold()
+    finally:
+        admin.close()

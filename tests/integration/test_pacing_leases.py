@@ -7,19 +7,28 @@ groups) against the shipped RBAC, so the namespaced Role is proven by use as wel
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from prefetcher.adapters.kube_api import api_client
 from prefetcher.adapters.leases import LABEL, LeaseStore
 from prefetcher.adapters.node_warm import ANNOTATION, NodeWarmth
+from prefetcher.adapters.warmth_report import LeaderLease
+from prefetcher.agent.pacer import Pacer, model_key
+from prefetcher.core.model import Plan, Pull
+from prefetcher.core.pacing import LEASE_PREFIX, PacingPolicy, digest_lease
 from prefetcher.errors import KubeError
+from prefetcher.metrics import Metrics
+from prefetcher.testing.fakes import FakeClock, FakeEvents
 from tests.support.agent_rbac import agent_kubeconfig, apply_agent_rbac, can, node_agent_kubeconfig
 from tests.support.apiserver import ApiServer
 from tests.support.kube_objects import create_node, unique
+from tests.support.planner_inputs import model
 
 pytestmark = pytest.mark.integration
 AGENT_NAMESPACE = "modelcar-prefetcher"
@@ -155,5 +164,107 @@ def test_a_missing_namespace_is_an_error_not_a_lost_race(apiserver: ApiServer) -
         store = LeaseStore(admin, namespace=unique("missing"), clock=_Clock())
         with pytest.raises(KubeError, match="404"):
             store.take("modelcar-pull-x-0", holder="node-a", duration_seconds=30, version=None)
+    finally:
+        admin.close()
+
+
+def _annotation(apiserver: ApiServer, node: str) -> str:
+    key = ANNOTATION.replace(".", "\\.")
+    return apiserver.kubectl("get", "node", node, "-o", f"jsonpath={{.metadata.annotations.{key}}}")
+
+
+def test_junk_in_warm_annotations_counts_for_nothing_and_ours_is_written_again(apiserver: ApiServer) -> None:
+    here, there, junk_only = (create_node(apiserver) for _ in range(3))
+    here_api = api_client(kubeconfig=str(node_agent_kubeconfig(apiserver, here)))
+    mine = NodeWarmth(here_api, node_name=here)
+    digest, liar = "sha256:" + "5e" * 32, "sha256:" + "1a" * 32
+    junk = f"{liar}x,SHA256:{'1A' * 32},*,reg.io/m@{liar},not a ref,{'z' * 100_000}"
+    for node, text in ((there, f"{junk},{digest}"), (junk_only, junk)):  # as anyone with patch rights
+        patch = json.dumps({"metadata": {"annotations": {ANNOTATION: text}}})
+        apiserver.kubectl("patch", "node", node, "--type=merge", "--patch-file=/dev/stdin", input=patch)
+    try:
+        seen = mine.elsewhere()
+        assert digest in seen and not any(liar[7:] in key.lower() for key in seen), sorted(seen)[:5]
+        assert all(key.startswith("sha") or "/" in key for key in seen)  # nothing of the junk
+        mine.publish([digest])
+        apiserver.kubectl("annotate", "node", here, "--overwrite", f"{ANNOTATION}=junk")
+        mine.elsewhere()  # it notices its own annotation changed under it
+        mine.publish([digest])
+        assert _annotation(apiserver, here) == digest
+    finally:
+        here_api.close()
+
+
+POLICY = PacingPolicy(enabled=True, seed_pulls=1, max_concurrent_pulls=2, lease_duration_seconds=30)
+FAR_FUTURE = "2999-01-01T00:00:00.000000Z"
+# (spec written by someone else, extra metadata, seconds until it no longer holds the slot)
+FOREIGN = {
+    "no label, held for 68 years, renewed in the future": (
+        {"holderIdentity": "intruder", "leaseDurationSeconds": 2_147_483_647, "renewTime": FAR_FUTURE},
+        {},
+        3 * POLICY.lease_duration_seconds,
+    ),
+    "no spec at all": ({}, {"labels": {LABEL: "slot"}}, 0),
+    "a holder and nothing else": ({"holderIdentity": "intruder"}, {}, POLICY.lease_duration_seconds),
+    "junk labels and annotations": (
+        {"holderIdentity": "intruder", "leaseDurationSeconds": 5, "renewTime": FAR_FUTURE},
+        {"labels": {LABEL: "junk", "x": "y"}, "annotations": {"a": "\u0000" * 3 + "{" * 1000}},
+        5,
+    ),
+}
+
+
+@pytest.mark.parametrize(("spec", "metadata", "held"), FOREIGN.values(), ids=FOREIGN.keys())
+def test_a_slot_lease_written_by_someone_else_holds_the_slot_only_by_our_rules(
+    apiserver: ApiServer, agent_api: Any, spec: dict[str, Any], metadata: dict[str, Any], held: float
+) -> None:
+    wanted = model(unique("foreign"))
+    slot = digest_lease(model_key(wanted), 0)
+    lookalikes = [f"{slot}-x", slot.replace("-0", "-00"), f"{LEASE_PREFIX}-{slot}"]
+    for name, body in [(slot, spec), *((n, {"holderIdentity": "intruder"}) for n in lookalikes)]:
+        lease = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "spec": body}
+        lease["metadata"] = {"name": name, "labels": {LABEL: "slot"}} | metadata | {"name": name}
+        apiserver.kubectl("apply", "-n", AGENT_NAMESPACE, "-f", "-", input=json.dumps(lease))
+    clock, events = FakeClock(), FakeEvents()
+    pacer = Pacer(
+        leases=LeaseStore(agent_api, namespace=AGENT_NAMESPACE, clock=clock),
+        warmth=NodeWarmth(agent_api, node_name=unique("no-such-node")),
+        node="node-a",
+        clock=clock,
+        events=events,
+        metrics=Metrics(CollectorRegistry()),
+        policy=lambda: POLICY,
+    )
+    plan = Plan(pulls=(Pull(wanted, 2 * wanted.size_bytes),))
+
+    def turn() -> bool:
+        decided = pacer.decide(plan)
+        return bool(decided.pulls) and pacer.take(decided.pulls[0])
+
+    if held:
+        assert not turn()
+        clock.advance(held - 1)
+        assert not turn()
+        clock.advance(1)
+    assert turn()
+    assert not events.reasons()  # a turn by the rules, not the maxWaitSeconds deadline
+    holder = "jsonpath={.spec.holderIdentity}"
+    assert apiserver.kubectl("get", "lease", "-n", AGENT_NAMESPACE, slot, "-o", holder) == "node-a"
+    pacer.close()
+
+
+def test_leases_written_at_a_whole_second_are_accepted(apiserver: ApiServer, agent_api: Any) -> None:
+    clock = FakeClock(wall=1_800_000_000.0)  # the client drops a zero fraction; MicroTime needs one
+    store = LeaseStore(agent_api, namespace=AGENT_NAMESPACE, clock=clock)
+    name = unique("modelcar-pull-slot")
+    version = store.take(name, holder="node-a", duration_seconds=30, version=None)
+    assert version is not None
+    assert store.take(name, holder="node-a", duration_seconds=30, version=version) is not None
+    namespace = unique("ns")
+    apiserver.create_namespace(namespace)
+    admin = api_client(kubeconfig=str(apiserver.kubeconfig))
+    try:
+        lease = LeaderLease(admin, namespace=namespace, holder="node-a", duration_seconds=30, clock=clock)
+        assert lease.hold() and lease.hold()
     finally:
         admin.close()

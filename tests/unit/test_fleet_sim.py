@@ -106,3 +106,23 @@ def test_the_measured_file_fills_parameters_and_the_flags_win(
     calibration = out.split("calibration:")[1].splitlines()
     # 4 nodes x 1 GB from a 25 MB/s origin: 160 s simulated against 80 s measured
     assert calibration[2].split()[:4] == ["a", "80.0", "160.0", "2.00"]
+
+
+def test_turns_come_from_the_agents_pacing_core_deadline_included() -> None:
+    # maxWaitSeconds is the core's rule, not the simulation's: at 0 every node is overdue at once.
+    unpaced = sim.simulate(SMALL, "a")
+    assert sim.simulate(replace(SMALL, max_wait_seconds=0.0), "b").warm_seconds == unpaced.warm_seconds
+    wide = replace(SMALL, origin_bps=100_000 * MB)  # each node at its own 500 MB/s: 20 s a pull
+    paced, deadline = sim.simulate(wide, "b"), sim.simulate(replace(wide, max_wait_seconds=30.0), "b")
+    assert paced.warm_seconds[-1] == pytest.approx(60.0)  # the seed, then two rounds of ten
+    assert deadline.warm_seconds[-1] == pytest.approx(50.0)  # the second round started at 30 s
+    assert deadline.warm_seconds[:11] == paced.warm_seconds[:11]  # turns given before the deadline
+
+
+def test_with_more_seeds_than_turns_the_simulation_keeps_the_agents_slot_arithmetic() -> None:
+    # Three seeds hold slots 0..2. Once the first is warm only slots 0..1 exist, but its slot 0 is
+    # free again: the agents give the fourth node that turn at once (a copied "pulling < cap" rule
+    # made it wait for the second seed).
+    fleet = replace(SMALL, nodes=4, seed_pulls=3, max_concurrent=2, origin_bps=100_000 * MB)
+    result = sim.simulate(replace(fleet, arrival_spread_seconds=10.0), "b")
+    assert result.warm_seconds[3] == pytest.approx(result.warm_seconds[0] + 20.0)

@@ -7,10 +7,12 @@ from dataclasses import dataclass
 import pytest
 from prometheus_client import CollectorRegistry
 
+from prefetcher.adapters.leases import lease_state
 from prefetcher.agent.pacer import Pacer, model_key
 from prefetcher.core.model import DesiredModel, Plan, Pull, SkipReason
-from prefetcher.core.pacing import PacingPolicy
+from prefetcher.core.pacing import PacingPolicy, digest_lease
 from prefetcher.metrics import Metrics
+from prefetcher.ports import LeaseState
 from prefetcher.testing.fakes import FakeClock, FakeEvents
 from prefetcher.testing.fleet import FakeFleetWarmth, FakeSlotLeases
 from tests.support.planner_inputs import GIB, model
@@ -184,3 +186,37 @@ def test_an_agent_that_stops_passes_its_turns_on_at_once(node) -> None:  # type:
     assert start(a, planned(LLAMA))
     a.pacer.close()
     assert start(b, planned(LLAMA)) == [LLAMA.ref.canonical()]
+
+
+@pytest.mark.parametrize(
+    ("duration", "held"),
+    [(0.0, 1), (-30.0, 1), (float("nan"), 1), (2_147_483_647.0, 3), (float("inf"), 3)],
+)
+def test_a_foreign_lease_with_a_junk_duration_on_the_seed_slot_expires_by_our_rules(  # type: ignore[no-untyped-def]
+    node, clock, leases, duration, held
+) -> None:
+    slot = digest_lease(model_key(LLAMA), 0)
+    leases.leases[slot] = LeaseState(slot, "intruder", "junk-1", duration)
+    a = node("a")
+    assert not start(a, planned(LLAMA))
+    clock.advance(held * POLICY.lease_duration_seconds - 1)  # ours, or three of ours at most
+    assert not start(a, planned(LLAMA))
+    clock.advance(1)
+    assert start(a, planned(LLAMA)) == [LLAMA.ref.canonical()]
+    assert leases.leases[slot].holder == "a" and not a.events.reasons()  # a turn, not the deadline
+
+
+@pytest.mark.parametrize(
+    ("item", "holder", "duration"),
+    [
+        ({}, "", 0.0),
+        ({"metadata": [], "spec": "x"}, "", 0.0),
+        ({"spec": {"holderIdentity": 5, "leaseDurationSeconds": "60"}}, "", 0.0),
+        ({"spec": {"holderIdentity": "b", "leaseDurationSeconds": True}}, "b", 0.0),
+        ({"spec": {"holderIdentity": "b", "leaseDurationSeconds": 10**400}}, "b", float("inf")),
+        ({"spec": {"holderIdentity": "b", "leaseDurationSeconds": 30, "renewTime": "2999-01-01"}}, "b", 30.0),
+    ],
+)
+def test_a_lease_with_junk_fields_reads_without_error(item: dict, holder: str, duration: float) -> None:  # type: ignore[type-arg]
+    state = lease_state(item)
+    assert (state.holder, state.duration_seconds) == (holder, duration)

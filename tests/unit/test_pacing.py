@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -12,8 +15,10 @@ from prefetcher.core.pacing import (
     Turn,
     WaitReason,
     digest_lease,
+    held_for,
     pace,
     registry_lease,
+    warm_keys,
 )
 
 DIGEST_A = "sha256:" + "a" * 64
@@ -241,3 +246,120 @@ def test_slots_of_this_nodes_pulls_under_way_are_not_shared_by_its_other_pulls()
     busy = frozenset({registry_lease("registry.example:5000", 0)})
     result = decide([candidate(DIGEST_B)], policy=policy, busy=busy)
     assert [w.reason for w in result.waits] == [WaitReason.REGISTRY]
+
+
+# What other nodes (or anyone with rights in the namespace or on Nodes) wrote is untrusted input.
+OWN = ON.lease_duration_seconds
+
+
+@pytest.mark.parametrize(
+    ("declared", "counted"),
+    [
+        (30.0, 30.0),
+        (OWN, OWN),
+        (3 * OWN, 3 * OWN),
+        (0.0, OWN),  # missing: the adapter reads it as 0
+        (-5.0, OWN),
+        (math.nan, OWN),
+        (2_147_483_647.0, 3 * OWN),  # the largest the API server takes: 68 years
+        (math.inf, 3 * OWN),
+    ],
+)
+def test_a_lease_counts_as_held_for_its_duration_clamped(declared: float, counted: float) -> None:
+    assert held_for(declared, OWN) == counted
+
+
+@pytest.mark.parametrize("declared", [0.0, -1.0, math.nan, 2_147_483_647.0, math.inf])
+def test_a_foreign_holder_with_a_junk_duration_blocks_a_slot_no_longer_than_three_of_ours(
+    declared: float,
+) -> None:
+    intruder = LeaseRecord(digest_lease(DIGEST_A, 0), "intruder", "7", 100.0, declared)
+    assert not decide([candidate()], [intruder], now=100.0).turns
+    (turn,) = decide([candidate()], [intruder], now=100.0 + 3 * OWN).turns
+    assert turn.leases == (intruder.name,) and not turn.overdue
+
+
+def test_leases_named_like_slots_but_not_slots_block_nothing() -> None:
+    slot = digest_lease(DIGEST_A, 0)
+    lookalikes = [held(n, "intruder") for n in (slot + "-x", slot[:-2], slot.upper(), "x" + slot)]
+    (turn,) = decide([candidate()], lookalikes).turns
+    assert turn.leases == (slot,)
+
+
+def test_a_lease_without_a_holder_is_free_whatever_its_duration() -> None:
+    released = LeaseRecord(digest_lease(DIGEST_A, 0), "", "7", 119.0, 2_147_483_647.0)
+    assert decide([candidate()], [released]).turns
+
+
+junk_leases = st.builds(
+    LeaseRecord,
+    name=st.sampled_from([digest_lease(k, i) for k in (DIGEST_A, DIGEST_B) for i in range(3)]),
+    holder=st.sampled_from(["", "n1", "n2", "intruder", " "]),
+    version=st.text(max_size=3),
+    seen_at=st.floats(allow_nan=False, min_value=-1e12, max_value=1e12),
+    duration_seconds=st.floats() | st.sampled_from([0.0, -1.0, 2_147_483_647.0]),
+)
+
+
+@given(
+    st.lists(junk_leases, max_size=8),
+    st.lists(st.sampled_from([DIGEST_A, DIGEST_B, "reg.io/m:latest"]), min_size=1, max_size=4, unique=True),
+    st.floats(min_value=0, max_value=1e6),
+)
+def test_junk_leases_never_break_pacing_its_order_or_block_past_their_expiry(
+    records: list[LeaseRecord], keys: list[str], later: float
+) -> None:
+    candidates = [candidate(k) for k in keys]
+    leases = {r.name: r for r in records}
+    result = decide(candidates, list(leases.values()), now=120.0)
+    decided = [t.ref for t in result.turns] + [w.ref for w in result.waits]
+    assert sorted(decided) == sorted(c.ref for c in candidates)
+    turned = {t.ref for t in result.turns}
+    assert [t.ref for t in result.turns] == [c.ref for c in candidates if c.ref in turned]  # priority kept
+    # Once every record is older than three of our durations, nothing a foreign holder wrote blocks.
+    expired = max((r.seen_at for r in records), default=0.0) + 3 * OWN + later
+    assert len(decide(candidates, list(leases.values()), now=max(expired, 120.0)).turns) == len(candidates)
+
+
+DIGEST_512 = "sha512:" + "c" * 128
+
+
+@pytest.mark.parametrize(
+    ("text", "keys"),
+    [
+        ("", set()),
+        (DIGEST_A, {DIGEST_A}),
+        (f"{DIGEST_A},{DIGEST_B}", {DIGEST_A, DIGEST_B}),
+        (f" {DIGEST_A} , ,,{DIGEST_512}", {DIGEST_A, DIGEST_512}),
+        ("registry.example:5000/models/m:latest", {"registry.example:5000/models/m:latest"}),
+        ("sha256:" + "A" * 64, set()),  # upper case: not how a digest is written
+        ("sha256:" + "a" * 63, set()),
+        ("sha256:" + "a" * 65, set()),
+        ("md5:" + "a" * 32, set()),
+        (f"{DIGEST_A}x", set()),
+        (f"reg.io/m@{DIGEST_A}", set()),  # a pinned model's key is its digest alone
+        ("reg.io/m", set()),  # not canonical: that would be reg.io/m:latest
+        ("everything,*,true,1,warm", set()),
+        ("\x00\ud800", set()),
+        ("sha256:" + "a" * 64 * 1000, set()),
+        (",".join([DIGEST_B, "junk" * 50_000]), {DIGEST_B}),
+    ],
+)
+def test_only_valid_entries_of_a_warm_annotation_count(text: str, keys: set[str]) -> None:
+    assert warm_keys(text) == keys
+
+
+@given(
+    st.lists(st.text(max_size=80) | st.sampled_from([DIGEST_A, DIGEST_B, "sha256:"])), st.text(max_size=200)
+)
+def test_junk_in_a_warm_annotation_never_makes_a_model_warm_and_never_hides_a_valid_entry(
+    entries: list[str], noise: str
+) -> None:
+    text = ",".join([*entries, noise])
+    keys = warm_keys(text)
+    assert keys <= {e.strip() for e in text.split(",")}
+    assert all(k.startswith(("sha256:", "sha512:")) or "/" in k for k in keys)
+    if DIGEST_A in entries:
+        assert DIGEST_A in keys
+    pacing = decide([candidate()], warm=keys)
+    assert pacing.turns  # whatever is warm, the first node still gets its turn

@@ -6,11 +6,12 @@ import json
 from dataclasses import replace
 from typing import Any
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from prefetcher.core.model import Plan, Pull, Skip, SkipReason
-from prefetcher.core.warmth import STATES, Warmth, aggregate, isvc_warmth, node_models
+from prefetcher.core.warmth import STATES, Warmth, aggregate, isvc_warmth, node_models, read_summary
 from prefetcher.status import document, only_namespace, table
 from tests.support.planner_inputs import model
 
@@ -134,3 +135,86 @@ def test_every_node_listing_a_model_is_counted_once_and_warm_never_exceeds_eligi
         assert sorted(row.warm + row.pulling + row.waiting + row.skipped) == sorted(valid)
     for warmth in isvc_warmth(summaries).values():
         assert 0 <= warmth.warm <= warmth.eligible <= len(summaries)
+
+
+# Any Node's annotation can hold anything someone with patch rights wrote: junk on one node.
+GOOD = json.dumps({"models": {REF_A: entry("warm", "", "team/a")}})
+JUNK = {
+    "not JSON": "{models: oops",
+    "an array": "[1, 2]",
+    "a string": '"warm"',
+    "null": "null",
+    "nested too deeply": "[" * 200_000,
+    "digits past the limit": "1" * 200_000,
+    "models an array": '{"models": [1]}',
+    "entry not an object": json.dumps({"models": {REF_A: "warm"}}),
+    "unknown state": json.dumps({"models": {REF_A: {"state": ["warm"]}}}),
+    "isvcs a number": json.dumps({"models": {REF_A: {"state": "warm", "isvcs": 5}}}),
+    "isvcs a string": json.dumps({"models": {REF_A: {"state": "warm", "isvcs": "team/a"}}}),
+    "isvcs holding objects": json.dumps({"models": {REF_A: {"state": "warm", "isvcs": [{"a": 1}]}}}),
+    "reason an object": json.dumps({"models": {REF_A: {"state": "skipped", "reason": {"x": 1}}}}),
+    "lone surrogate in a reference": '{"models": {"r\\ud800": {"state": "warm", "isvcs": ["team/a"]}}}',
+    "terminal escape in a reason": json.dumps({"models": {REF_A: {"state": "skipped", "reason": "\x1b[2J"}}}),
+    "huge reference": json.dumps({"models": {"r" * 200_000: {"state": "warm", "isvcs": ["team/a"]}}}),
+}
+
+
+def _rendered(view: Any, warmth: dict[str, Warmth]) -> list[str]:
+    doc = document(view, {k: (w.warm, w.eligible) for k, w in warmth.items()})
+    outputs = [json.dumps(doc, indent=2), table(doc, wide=False), table(doc, wide=True)]
+    for text in outputs:
+        text.encode()  # printable to any UTF-8 terminal or pipe: no lone surrogates
+        assert all(line.isprintable() for line in text.splitlines()), text[:400]
+    return outputs
+
+
+@pytest.mark.parametrize("text", JUNK.values(), ids=JUNK.keys())
+def test_a_junk_summary_on_one_node_is_named_with_its_reason_and_the_others_still_count(text: str) -> None:
+    summaries = {"good": read_summary(GOOD), "bad": read_summary(text), "none": read_summary(None)}
+    view = aggregate(summaries, {"team/a": (REF_A,)})
+    (row,) = (r for r in view.models if r.ref == REF_A)
+    assert row.warm == ("good",) and row.fits == 1
+    assert set(view.unreadable) == {"bad"}
+    assert 0 < len(view.unreadable["bad"]) < 300, view.unreadable  # a reason, never the junk itself
+    assert isvc_warmth(summaries)["team/a"] == Warmth(1, 1)
+    as_json, short, wide = _rendered(view, isvc_warmth(summaries))
+    assert json.loads(as_json)["unreadableSummaries"] == {"bad": view.unreadable["bad"]}
+    for output in (short, wide):
+        assert f"node bad: summary unreadable: {view.unreadable['bad']}" in output.splitlines()
+
+
+def test_a_summary_with_some_bad_entries_keeps_its_good_ones() -> None:
+    text = json.dumps({"models": {REF_A: entry("warm", "", "team/a"), REF_B: {"state": "warm", "isvcs": 5}}})
+    view = aggregate({"n1": read_summary(text)})
+    assert [r.ref for r in view.models] == [REF_A] and view.silent == ()
+    assert view.unreadable == {"n1": "1 of 2 model entries malformed, ignored"}
+
+
+def test_more_unreadable_nodes_than_the_table_names_are_counted() -> None:
+    view = aggregate({f"n{i}": read_summary("junk") for i in range(8)})
+    short = _rendered(view, {})[1].splitlines()
+    assert sum(line.startswith("node n") for line in short) == 5
+    assert "+3 more nodes with unreadable summaries (-o json lists them)" in short
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=12,
+)
+junk_summaries = (
+    st.text(max_size=40)
+    | json_values.map(json.dumps)
+    | json_values.map(lambda v: json.dumps({"models": v}))
+    | st.dictionaries(st.text(max_size=6), json_values, max_size=3).map(lambda m: json.dumps({"models": m}))
+)
+
+
+@given(st.lists(junk_summaries, max_size=4))
+def test_no_junk_summary_takes_the_view_down_or_hides_a_good_node(texts: list[str]) -> None:
+    summaries = {"good": read_summary(GOOD)} | {f"junk{i}": read_summary(t) for i, t in enumerate(texts)}
+    view = aggregate(summaries)
+    (row,) = (r for r in view.models if r.ref == REF_A)
+    assert "good" in row.warm and "good" not in view.unreadable
+    _rendered(view, isvc_warmth(summaries))
+    assert isvc_warmth(summaries)["team/a"].warm >= 1

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from prefetcher.adapters.kube_api import ObjectRef
 from prefetcher.adapters.warmth_report import REASON, WarmthReporter
 from prefetcher.core.isvc import Component, IsvcModels
 from prefetcher.core.nodefit import Constraints
+from prefetcher.core.warmth import read_summary
+from tests.support.polling import eventually
 
 REF = "registry.test/models/a@sha256:" + "1" * 64
 
@@ -77,3 +81,36 @@ def test_only_the_holder_reports_and_a_regained_lease_announces_again() -> None:
     lease.held = True
     assert built.report() == 1  # another agent may have announced meanwhile; it remembers nothing
     assert recorded.events == [("a", REASON, "warm on 1 of 1 eligible nodes")] * 2
+
+
+def test_a_node_with_a_junk_summary_counts_nowhere_and_the_others_still_count() -> None:
+    summaries = {
+        "n1": node("warm", "ns/a"),
+        "junk": {"models": {REF: {"state": "warm", "isvcs": 5}}},  # lying types: a crash before
+        "text": read_summary("{not json"),
+    }
+    built, recorded, _lease = reporter(summaries, [record("a")])
+    assert built.report() == 1
+    assert recorded.events == [("a", REASON, "warm on 1 of 1 eligible nodes")]
+
+
+def test_the_reporting_thread_outlives_an_unexpected_error(caplog: pytest.LogCaptureFixture) -> None:
+    rounds = iter([RuntimeError("a bug"), {"n1": node("warm", "ns/a")}])
+
+    def summaries() -> dict[str, Any]:
+        value = next(rounds, {"n1": node("warm", "ns/a")})
+        if isinstance(value, Exception):
+            raise value
+        return value
+
+    built, recorded, lease = reporter({}, [record("a")])
+    built._summaries = summaries
+    built._period = 0.01
+    lease.release = lambda: None  # type: ignore[attr-defined]
+    built.start()
+    try:
+        eventually(lambda: recorded.events or None, what="a report after the failed round")
+    finally:
+        built.stop()
+    assert recorded.events == [("a", REASON, "warm on 1 of 1 eligible nodes")]
+    assert "warmth report failed unexpectedly" in caplog.text
