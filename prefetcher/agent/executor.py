@@ -83,7 +83,13 @@ class PullTracker:
         for other in self._active.values():
             other.alone = False
         self._active[ref] = _InFlight(
-            pull, handle, now, now, used, alone=not self._active, keys=keys,
+            pull,
+            handle,
+            now,
+            now,
+            used,
+            alone=not self._active,
+            keys=keys,
             unpack_factor=cfg.budget.unpack_factor,
         )
         log.info(

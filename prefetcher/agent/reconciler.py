@@ -20,8 +20,9 @@ import threading
 from collections.abc import Callable
 from dataclasses import replace
 
-from prefetcher.agent.executor import PullOutcome, PullTracker
+from prefetcher.agent.executor import PullTracker
 from prefetcher.agent.keychain import Keychain
+from prefetcher.agent.ledger import Ledger
 from prefetcher.agent.pacer import Pacer
 from prefetcher.agent.resolver import Resolution, Resolver
 from prefetcher.agent.status import AfterPass, AgentStatus, PassReport, StatusBoard, skip_counts
@@ -30,16 +31,12 @@ from prefetcher.core import planner
 from prefetcher.core.backoff import BackoffPolicy
 from prefetcher.core.model import (
     Budget,
-    DesiredModel,
     DiskState,
-    Eviction,
-    ManagedImage,
     Plan,
     Skip,
     SkipReason,
 )
-from prefetcher.core.state import AgentState, BackoffEntry
-from prefetcher.core.units import format_bytes
+from prefetcher.core.state import AgentState
 from prefetcher.errors import PrefetchError, PullFailure
 from prefetcher.metrics import Metrics
 from prefetcher.ports import Clock, DiskProbe, EventSink, ImageRuntime, ModelSource, PullSecrets, Registry
@@ -82,11 +79,16 @@ class Reconciler:
         self._metrics = metrics
         self._clock = clock
         self._config = config
-        self._state = state
-        self._save = save_state
-        self._dirty = False
+        self._ledger = Ledger(
+            state=state,
+            save=save_state,
+            runtime=runtime,
+            events=events,
+            metrics=metrics,
+            clock=clock,
+            draw=draw,
+        )
         self._restart_pending = restart_pending
-        self._draw = draw
         self._after_pass = after_pass
         self._wake = wake
         self._pacer = pacer
@@ -142,16 +144,16 @@ class Reconciler:
         try:
             for ref, error, sources in resolution.failures:
                 self._record_failure(cfg, ref, error, sources, failed=failed_this_run)
-            self._remember(resolution.desired, cached_refs, self._clock.now())
+            self._ledger.remember(resolution.desired, cached_refs, self._clock.now())
             for eviction in plan.evictions:
-                self._evict(eviction)
+                self._ledger.evict(eviction)
             free = cfg.pull.concurrency - len(self._pulls.active)
             for pull in plan.pulls:
                 if free > 0 and (self._pacer is None or self._pacer.take(pull)):
                     self._pulls.start(pull, cfg)
                     free -= 1
         finally:
-            self._flush()
+            self._ledger.flush()
         self._publish(plan, disk)
         return PassReport(plan, dict(failed_this_run or {}))
 
@@ -162,7 +164,7 @@ class Reconciler:
         cached = self._runtime.list_images()
         cached_refs = frozenset(r for image in cached for r in image.refs)
         if failed_this_run is None:
-            backoff = {ref: b.until for ref, b in self._state.backoff.items()}
+            backoff = self._ledger.backoff_until()
         else:  # a one-shot run tries every model once, whatever an earlier run's back-off said
             backoff = dict.fromkeys(failed_this_run, float("inf"))
         resolution = self._resolver.resolve_all(
@@ -179,7 +181,7 @@ class Reconciler:
             disk,
             _budget(cfg),
             now=now,
-            managed=self._state.managed,
+            managed=self._ledger.managed,
             backoff_until=backoff,
             in_flight=self._pulls.reserved(),
         )
@@ -197,13 +199,13 @@ class Reconciler:
             self._metrics.reconcile_errors.labels(type(err).__name__).inc()
             log.error("reconcile pass failed: %s", err)
             self._status.failed(
-                str(err), pulling=frozenset(self._pulls.active), managed_bytes=self._managed_bytes()
+                str(err), pulling=frozenset(self._pulls.active), managed_bytes=self._ledger.managed_bytes()
             )
             # A failed pass settles nothing, but deadlines and the reported last error still move on.
             self._run_after_pass(settled=False)
             return str(err)
         pulling = frozenset(self._pulls.active)
-        self._status.passed(report, pulling=pulling, managed_bytes=self._managed_bytes())
+        self._status.passed(report, pulling=pulling, managed_bytes=self._ledger.managed_bytes())
         self._metrics.last_reconcile.set(self._clock.now())
         settled = not self._pulls.active and not report.plan.pulls and not _paced(report.plan)
         self._run_after_pass(settled=settled)
@@ -226,9 +228,6 @@ class Reconciler:
         pacing = None if self._pacer is None else self._pacer.summary()
         return summary if pacing is None else summary | {"pacing": pacing}
 
-    def _managed_bytes(self) -> int:
-        return sum(m.cost_bytes for m in self._state.managed.values())
-
     def _wait(
         self, stop: threading.Event, cfg: Config, seconds: float, failed: dict[str, str] | None
     ) -> None:
@@ -247,16 +246,16 @@ class Reconciler:
                 if self._pacer is not None:
                     self._pacer.finished(outcome.model_ref, succeeded=outcome.error is None)
                 if outcome.error is None:
-                    self._record_success(outcome)
+                    self._ledger.succeeded(outcome)
                 else:
                     ref, error, sources = outcome.model_ref, outcome.error, outcome.sources
                     self._record_failure(cfg, ref, error, sources, failed=failed, reason=outcome.reason)
             if finished:
                 self._status.progress(
-                    pulling=frozenset(self._pulls.active), managed_bytes=self._managed_bytes()
+                    pulling=frozenset(self._pulls.active), managed_bytes=self._ledger.managed_bytes()
                 )
             try:
-                self._flush()
+                self._ledger.flush()
             except PrefetchError as err:  # kept dirty: the next pass writes it or fails loudly
                 log.error("saving the state failed: %s", err)
             if finished or (self._wake is not None and self._wake.is_set()):
@@ -264,19 +263,6 @@ class Reconciler:
             (stop if self._wake is None else self._wake).wait(
                 POLL_SECONDS if self._pulls.active else min(5.0, seconds)
             )
-
-    def _record_success(self, outcome: PullOutcome) -> None:
-        now, ref, cost = self._clock.now(), outcome.model_ref, outcome.cost_bytes
-        size = outcome.image_size_bytes
-        self._state.managed[ref] = ManagedImage(ref, outcome.image_id, now, now, cost, size)
-        self._state.backoff.pop(ref, None)
-        self._dirty = True
-        self._metrics.pulls.labels("success", "").inc()
-        self._metrics.pull_duration.observe(outcome.seconds)
-        self._metrics.pulled_bytes.inc(cost)
-        message = f"prefetched {ref} on this node in {outcome.seconds:.1f}s ({format_bytes(cost)} on disk)"
-        log.info("pull succeeded: %s", message)
-        self._events.emit(outcome.sources, warning=False, reason="Prefetched", message=message)
 
     def _record_failure(
         self,
@@ -289,53 +275,10 @@ class Reconciler:
         reason: PullFailure = PullFailure.UNRESOLVED,
     ) -> None:
         policy = BackoffPolicy(cfg.pull.backoff_base_seconds, cfg.pull.backoff_max_seconds)
-        previous = self._state.backoff.get(ref)
-        failures = (previous.failures if previous else 0) + 1
-        until = self._clock.now() + policy.delay(failures, draw=self._draw())
-        self._state.backoff[ref] = BackoffEntry(failures, until, error[:500])
-        self._dirty = True
         if failed is not None:
             failed[ref] = error
         self._status.error(f"{ref}: {error}")
-        self._metrics.pulls.labels("failed", reason).inc()
-        log.error("pull failed: %s (%s, attempt %d): %s", ref, reason, failures, error)
-        self._events.emit(sources, warning=True, reason="PrefetchFailed", message=f"{ref}: {error}")
-
-    def _remember(self, desired: tuple[DesiredModel, ...], cached_refs: frozenset[str], now: float) -> None:
-        """Refresh last-desired times of held images; forget images the runtime no longer has."""
-        wanted = {m.ref.canonical() for m in desired}
-        for ref, managed in list(self._state.managed.items()):
-            if ref not in cached_refs:
-                del self._state.managed[ref]
-                log.info("forgetting %s: no longer in the image store", ref)
-                self._dirty = True
-            elif ref in wanted and now - managed.last_desired_at > 60:
-                self._state.managed[ref] = replace(managed, last_desired_at=now)
-                self._dirty = True
-
-    def _evict(self, eviction: Eviction) -> None:
-        # Re-check just before removing: a pod may have started on this image since the plan.
-        in_use = self._runtime.images_in_use()
-        if eviction.image_id in in_use or set(eviction.refs) & in_use:
-            log.info("not evicting %s: in use since planning", ", ".join(eviction.refs))
-            return
-        self._runtime.remove_image(eviction.image_id)
-        for ref in eviction.refs:
-            self._state.managed.pop(ref, None)
-        self._dirty = True
-        self._metrics.evictions.labels(eviction.reason.value).inc()
-        log.info(
-            "evicted %s (%s, freed about %s)",
-            ", ".join(eviction.refs),
-            eviction.reason.value,
-            format_bytes(eviction.freed_bytes),
-        )
-
-    def _flush(self) -> None:
-        """Write the state if it changed since the last write (raises StateError)."""
-        if self._dirty:
-            self._save(self._state)
-            self._dirty = False
+        self._ledger.failed(ref, error, sources, policy=policy, reason=reason)
 
     def _publish(self, plan: Plan, disk: DiskState) -> None:
         m = self._metrics
@@ -343,7 +286,7 @@ class Reconciler:
         m.fs_usage_ratio.set(disk.usage_ratio)
         m.fs_used_bytes.set(disk.used_bytes)
         m.fs_capacity_bytes.set(disk.total_bytes)
-        m.managed_bytes.set(self._managed_bytes())
+        m.managed_bytes.set(self._ledger.managed_bytes())
         m.models.labels("warm").set(len(plan.warm))
         m.models.labels("pulling").set(len(self._pulls.active))
         m.models.labels("pending").set(max(len(plan.pulls) - len(self._pulls.active), 0))

@@ -115,9 +115,7 @@ class Resolver:
         if keys.problem:
             message = f"{key}: resolved without the workload's pull secrets: {keys.problem}"
             log.warning("pull secrets unavailable: %s", message)
-            self._events.emit(
-                sources, warning=True, reason="PullSecretsUnavailable", message=message
-            )
+            self._events.emit(sources, warning=True, reason="PullSecretsUnavailable", message=message)
         if len(self._cache) >= MAX_CACHED:
             self._cache.clear()
         self._cache[key] = (resolved, now)
