@@ -86,12 +86,6 @@ class Outcome:
         return max(self.warm.values())
 
 
-def layer_size(fleet: Fleet, image: PushedImage) -> int:
-    digest = image.layer_digests[-1].removeprefix("sha256:")
-    root = fleet.registries.origin.root / "docker/registry/v2/blobs/sha256"
-    return (root / digest[:2] / digest / "data").stat().st_size
-
-
 def run_mode(
     fleet: Fleet, mode: str, image: PushedImage, workdir: Path, *, mirrors: dict[str, str], namespace: str
 ) -> Outcome:
@@ -104,9 +98,8 @@ def run_mode(
         warm = warm_seconds(nodes, ref, since=since, agents=agents, timeout_seconds=WARM_TIMEOUT_SECONDS)
     traffic = fleet.registries.front.counter.blob(image.layer_digests[-1])
     fleet.forget(ref)
-    return Outcome(
-        mode, traffic.bytes_sent, warm, layer_size(fleet, image), traffic.last_byte_at - traffic.first_byte_at
-    )
+    layer_bytes = fleet.registries.stored_bytes(image.layer_digests[-1])
+    return Outcome(mode, traffic.bytes_sent, warm, layer_bytes, traffic.last_byte_at - traffic.first_byte_at)
 
 
 def node_pull_seconds(fleet: Fleet, image: PushedImage, workdir: Path, mirror: str) -> float:

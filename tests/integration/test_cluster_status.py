@@ -30,6 +30,7 @@ from tests.support.agent_process import agent_config, run_cluster_agent, running
 from tests.support.agent_rbac import DEPLOY, agent_pod_on, agent_token, apply_agent_rbac, token_kubeconfig
 from tests.support.apiserver import ApiServer
 from tests.support.containerd import RunningContainerd
+from tests.support.fleet import cluster_status
 from tests.support.kube_objects import apply_isvc, create_node, gpu_predictor, unique
 from tests.support.oci import push_modelcar
 from tests.support.registry import RunningRegistry
@@ -39,13 +40,6 @@ MISSING = "oci://127.0.0.1:9/models/missing@sha256:" + "0" * 64  # nothing liste
 AGENT_NAMESPACE = "modelcar-prefetcher"
 BIN = Path(sys.executable).parent
 STATUS_ROLE = Path(__file__).resolve().parents[2] / "deploy/agent/optional/status-reader-role.yaml"
-
-
-def status(kubeconfig: Path, *args: str) -> str:
-    command = [str(BIN / "prefetcher"), "status", "--kubeconfig", str(kubeconfig), *args]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
-    assert result.returncode == 0, result.stderr
-    return result.stdout
 
 
 def status_reader(apiserver: ApiServer) -> Path:
@@ -90,7 +84,7 @@ def test_status_counts_each_model_by_node_state_in_json_tables_and_through_kubec
         run_cluster_agent(apiserver, containerd, registry, tmp_path, node, namespace=namespace)
 
     reader = status_reader(apiserver)
-    doc = json.loads(status(reader, "-n", namespace, "-o", "json"))
+    doc = json.loads(cluster_status(reader, "-n", namespace, "-o", "json"))
     models = rows(doc)
     assert set(models) == {image.ref, MISSING.removeprefix("oci://")}, models
     llm, lost = models[image.ref], models[MISSING.removeprefix("oci://")]
@@ -104,7 +98,7 @@ def test_status_counts_each_model_by_node_state_in_json_tables_and_through_kubec
     assert {"name": f"{namespace}/llm", "warmNodes": 2, "eligibleNodes": 2} in doc["inferenceServices"]
     assert {"name": f"{namespace}/lost", "warmNodes": 0, "eligibleNodes": 3} in doc["inferenceServices"]
 
-    wide = status(reader, "-n", namespace, "-o", "wide").splitlines()
+    wide = cluster_status(reader, "-n", namespace, "-o", "wide").splitlines()
     assert wide[0].split() == [
         "MODEL", "FITS", "WARM", "PULLING", "WAITING", "SKIPPED", "REASONS", "INFERENCESERVICES", "NOT-WARM",
     ]  # fmt: skip

@@ -50,10 +50,12 @@ from tests.support.agent_deploy import (
     IMAGE_FS_MB,
     MIB,
     NAMESPACE,
+    OVERRIDES,
     STARTUP_TAINT,
     SUMMARY,
     agent_pod,
     apply,
+    changed,
     events,
     installed,
     new_namespace,
@@ -65,34 +67,13 @@ from tests.support.agent_image import AgentImage
 from tests.support.cluster import NodeClusterFactory
 from tests.support.kube_objects import apply_isvc
 from tests.support.kubelet import KubeletOptions
-from tests.support.manifests import flatten, one, render
+from tests.support.manifests import one, render
 from tests.support.node import NodeCluster, condition
 from tests.support.oci import push_modelcar
 from tests.support.polling import eventually
 from tests.support.registry import RunningRegistry
 
 pytestmark = pytest.mark.integration
-
-# The DaemonSet fields the overlay changes (list items by name, see ``flatten``).
-OVERRIDES = frozenset(
-    {
-        "spec.template.spec.hostNetwork",
-        "spec.template.spec.dnsPolicy",
-        "spec.template.spec.nodeSelector.kubernetes.io/hostname",
-        "spec.template.spec.containers.agent.image",
-        "spec.template.spec.containers.agent.ports.metrics.containerPort",
-        "spec.template.spec.volumes.cri-socket.hostPath.path",
-        "spec.template.spec.volumes.image-fs.hostPath.path",
-        "spec.template.spec.volumes.state.hostPath.path",
-    }
-)
-
-
-def changed(base: dict[str, Any], overlay: dict[str, Any]) -> set[str]:
-    """Paths whose value differs, added or removed between two objects."""
-    before, after = flatten(base), flatten(overlay)
-    return {path for path in before.keys() | after.keys() if before.get(path) != after.get(path)}
-
 
 def test_the_agent_installed_from_deploy_agent_gets_ready_on_its_node_and_follows_inferenceservices(
     node_cluster_factory: NodeClusterFactory,

@@ -20,14 +20,13 @@ from typing import Any
 
 import pytest
 
-from prefetcher.adapters.leases import LABEL
 from prefetcher.adapters.node_status import ANNOTATION as SUMMARY
 from prefetcher.adapters.node_warm import ANNOTATION as WARM
-from prefetcher.core.pacing import digest_lease
 from tests.support.agent_process import AgentProcess, agent_config, running_agent
 from tests.support.agent_rbac import node_agent_kubeconfig
 from tests.support.apiserver import ApiServer
 from tests.support.containerd import ContainerdFactory, RunningContainerd
+from tests.support.fleet import slot_holder
 from tests.support.kube_objects import apply_isvc, create_node, unique
 from tests.support.oci import PushedImage, push_modelcar
 from tests.support.registry import RunningRegistry
@@ -93,10 +92,7 @@ class Fleet:
 
     def holder(self, model: PushedImage) -> str:
         """The node holding the model's first slot, or ''."""
-        name = digest_lease(model.digest, 0)
-        leases = self.apiserver.kubectl("get", "leases", "-n", NAMESPACE, "-l", f"{LABEL}=slot", "-o", "json")
-        found = [i for i in json.loads(leases)["items"] if i["metadata"]["name"] == name]
-        return str(found[0]["spec"].get("holderIdentity") or "") if found else ""
+        return slot_holder(self.apiserver, NAMESPACE, model.digest)
 
     def annotation(self, node: FleetNode, key: str) -> str:
         document = json.loads(self.apiserver.kubectl("get", "node", node.name, "-o", "json"))

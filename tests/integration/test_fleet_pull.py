@@ -20,17 +20,22 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
 
 from tests.support.cluster import DEFAULT_IMAGE_FS_MB, Cluster
-from tests.support.fleet import UNPACED, Fleet, FleetAgents, fleet_agents, paced, warm_seconds
-from tests.support.kubelet import KubeletOptions
-from tests.support.mirror import origin_with_mirror
-from tests.support.node import start_node
-from tests.support.oci import PushedImage, push_modelcar, push_sandbox_image
+from tests.support.fleet import (
+    UNPACED,
+    Fleet,
+    FleetAgents,
+    fleet_agents,
+    fleet_nodes,
+    paced,
+    warm_seconds,
+)
+from tests.support.mirror import MISS_TRANSFERS
+from tests.support.oci import PushedImage, push_modelcar
 from tests.support.polling import eventually
 from tests.support.registry import RunningRegistry
 
@@ -40,8 +45,6 @@ MODEL_BYTES = 6 * 1024**2
 WARM_TIMEOUT_SECONDS = 180.0
 # The origin's link: a pull of the model takes seconds, so every agent sees the others' turns.
 ORIGIN_RATE = 4 * 1024**2
-# One miss of Debian's docker-registry (2.8.2): a transfer streamed to the node, another to store.
-MISS_TRANSFERS = 2
 
 
 @pytest.fixture(scope="module")
@@ -53,23 +56,15 @@ def fleet(
 ) -> Iterator[Fleet]:
     """Three Ready nodes and the registries, shared by this module's tests (each its own models)."""
     workdir = tmp_path_factory.mktemp("fleet")
-    sandbox = push_sandbox_image(registry)
-    with ExitStack() as stack:
-        nodes = tuple(
-            stack.enter_context(
-                start_node(
-                    cluster,
-                    workdir / f"n{i}",
-                    registry_host=registry.host,
-                    sandbox_image=sandbox.tag_ref,
-                    image_fs_mb=DEFAULT_IMAGE_FS_MB,
-                    options=KubeletOptions(),
-                )
-            )
-            for i in range(NODES)
-        )
-        registries = origin_with_mirror(workdir / "registries", rate_bytes_per_second=ORIGIN_RATE)
-        yield Fleet(nodes, stack.enter_context(registries))
+    with fleet_nodes(
+        cluster,
+        registry,
+        workdir,
+        count=NODES,
+        image_fs_mb=DEFAULT_IMAGE_FS_MB,
+        rate_bytes_per_second=ORIGIN_RATE,
+    ) as fleet:
+        yield fleet
 
 
 @pytest.fixture
@@ -81,9 +76,7 @@ def namespace(cluster: Cluster) -> str:
 
 def layer_bytes(fleet: Fleet, image: PushedImage) -> int:
     """The model layer's size, from the origin's own storage (not through the counting front)."""
-    digest = image.layer_digests[-1].removeprefix("sha256:")
-    blob = fleet.registries.origin.root / "docker/registry/v2/blobs/sha256" / digest[:2] / digest / "data"
-    return blob.stat().st_size
+    return fleet.registries.stored_bytes(image.layer_digests[-1])
 
 
 def warm_everywhere(fleet: Fleet, agents: FleetAgents, image: PushedImage, since: float) -> dict[str, float]:

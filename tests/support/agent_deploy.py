@@ -5,6 +5,11 @@
 environment forces (``tests/integration/test_deploy_cluster.py`` lists and checks each override);
 ``installed`` applies it with ``kubectl apply -k`` and deletes it afterwards. ``overlay_for`` is the
 fixture that writes one for a node, with the API server reachable in-cluster (``service_route``).
+
+Several nodes of one cluster each get an overlay of their own with a ``suffix``: it renames only the
+DaemonSet and its ConfigMap (each node's ConfigMap differs in its port), so every install shares the
+shipped namespace, ServiceAccount, RBAC and node policy unchanged: the policy matches the
+ServiceAccount by name, and the agents' Leases coordinate in that one namespace.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from tests.support.agent_image import AgentImage
 from tests.support.cluster import Cluster
 from tests.support.kserve import install_isvc_crd
 from tests.support.kubelet import Taint
+from tests.support.manifests import flatten
 from tests.support.node import NodeCluster
 from tests.support.registry import RunningRegistry, free_port
 from tests.support.service_route import ServiceRoute
@@ -43,6 +49,25 @@ MIB = 1024**2
 # default 300 MiB image filesystem.
 IMAGE_FS_MB = 1024
 OverlayFor = Callable[..., Path]
+# The DaemonSet fields an overlay changes (list items by name, see ``manifests.flatten``).
+OVERRIDES = frozenset(
+    {
+        "spec.template.spec.hostNetwork",
+        "spec.template.spec.dnsPolicy",
+        "spec.template.spec.nodeSelector.kubernetes.io/hostname",
+        "spec.template.spec.containers.agent.image",
+        "spec.template.spec.containers.agent.ports.metrics.containerPort",
+        "spec.template.spec.volumes.cri-socket.hostPath.path",
+        "spec.template.spec.volumes.image-fs.hostPath.path",
+        "spec.template.spec.volumes.state.hostPath.path",
+    }
+)
+
+
+def changed(base: dict[str, Any], overlay: dict[str, Any]) -> set[str]:
+    """Paths whose value differs, added or removed between two objects."""
+    before, after = flatten(base), flatten(overlay)
+    return {path for path in before.keys() | after.keys() if before.get(path) != after.get(path)}
 
 
 def edit_agent_yaml(
@@ -72,8 +97,12 @@ def write_overlay(
     registry_host: str,
     state_dir: Path,
     settings: Mapping[str, str] | None = None,
+    suffix: str = "",
 ) -> Path:
-    """``directory``: a kustomization over ``deploy/agent`` with the image and the forced overrides."""
+    """``directory``: a kustomization over ``deploy/agent`` with the image and the forced overrides.
+
+    ``suffix`` is appended to the names of the DaemonSet and the ConfigMap, and nothing else.
+    """
     directory.mkdir(parents=True)
     port = free_port()
     shipped = (BASE / "agent.yaml").read_text()
@@ -130,6 +159,19 @@ def write_overlay(
         "# node's containerd socket directory, image filesystem and a state directory of its own\n"
         "# (nodes share the machine); pinned to this node; the plain-HTTP registry in agent.yaml.\n"
     )
+    if suffix:
+        # The builtin transformer, limited to two kinds: `nameSuffix` would rename the ServiceAccount
+        # too, which the node policy matches by name. References (the config volume) follow.
+        renamer = {
+            "apiVersion": "builtin",
+            "kind": "PrefixSuffixTransformer",
+            "metadata": {"name": "per-node-names"},
+            "suffix": suffix,
+            "fieldSpecs": [{"kind": k, "path": "metadata/name"} for k in ("DaemonSet", "ConfigMap")],
+        }
+        (directory / "per-node-names.yaml").write_text(yaml.safe_dump(renamer, sort_keys=False))
+        kustomization["transformers"] = ["per-node-names.yaml"]
+        comments += "# Several nodes' installs side by side: this node's DaemonSet and ConfigMap names.\n"
     (directory / "kustomization.yaml").write_text(comments + yaml.safe_dump(kustomization, sort_keys=False))
     return directory
 

@@ -15,15 +15,21 @@ whole at its next pass): every node wants the same model at the same moment, as 
 InferenceService appears for a node pool. ``warm_seconds`` polls each node's runtime (CRI
 ``ImageStatus``) and returns, per node, when the model was there.
 
-Agents run as processes, not from ``deploy/``: the DaemonSet install pins one node per overlay
-(``tests.support.agent_deploy``) and costs an image pull per node, neither of which this
-measures. ``UNPACED`` and ``paced(n)`` are the ``fleet:`` settings compared; they and any other
-settings are merged into every agent's configuration.
+Agents run as processes here, so that a test or benchmark sets each one's ``fleet:`` settings and
+the moment every node wants the model; ``tests/integration/test_fleet_deploy.py`` runs the same
+fleet with the agent installed from ``deploy/agent`` on each node instead. ``UNPACED`` and
+``paced(n)`` are the ``fleet:`` settings compared; they and any other settings are merged into
+every agent's configuration.
+
+``fleet_nodes`` starts the nodes and the registries; ``slot_holder`` reads which node holds a
+model's first pacing slot; ``cluster_status`` runs ``prefetcher status``.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
@@ -32,10 +38,17 @@ from pathlib import Path
 from typing import Any
 
 from prefetcher.adapters.cri import CriImageRuntime
+from prefetcher.adapters.leases import LABEL
+from prefetcher.core.pacing import digest_lease
 from tests.support.agent_process import AgentProcess, agent_config, running_agent
-from tests.support.mirror import OriginMirror
-from tests.support.node import NodeCluster
+from tests.support.apiserver import ApiServer
+from tests.support.cluster import Cluster
+from tests.support.kubelet import KubeletOptions
+from tests.support.mirror import OriginMirror, origin_with_mirror
+from tests.support.node import NodeCluster, start_node
+from tests.support.oci import push_sandbox_image
 from tests.support.polling import eventually
+from tests.support.registry import RunningRegistry
 
 RESYNC_SECONDS = 1.0
 AGENT_START_TIMEOUT_SECONDS = 120.0
@@ -67,6 +80,52 @@ class Fleet:
                 image = runtime.image_status(ref)
                 if image is not None:
                     runtime.remove_image(image.id)
+
+
+@contextmanager
+def fleet_nodes(
+    cluster: Cluster,
+    registry: RunningRegistry,
+    workdir: Path,
+    *,
+    count: int,
+    image_fs_mb: int,
+    rate_bytes_per_second: float | None,
+) -> Iterator[Fleet]:
+    """``count`` Ready nodes of ``cluster`` (pulling from ``registry``) and the registries, until exit."""
+    sandbox = push_sandbox_image(registry)
+    with ExitStack() as stack:
+        nodes = tuple(
+            stack.enter_context(
+                start_node(
+                    cluster,
+                    workdir / f"n{i}",
+                    registry_host=registry.host,
+                    sandbox_image=sandbox.tag_ref,
+                    image_fs_mb=image_fs_mb,
+                    options=KubeletOptions(),
+                )
+            )
+            for i in range(count)
+        )
+        registries = origin_with_mirror(workdir / "registries", rate_bytes_per_second=rate_bytes_per_second)
+        yield Fleet(nodes, stack.enter_context(registries))
+
+
+def slot_holder(apiserver: ApiServer, namespace: str, digest: str) -> str:
+    """The holder of the first pacing slot of the model ``digest`` (Leases in ``namespace``), or ''."""
+    name = digest_lease(digest, 0)
+    leases = apiserver.kubectl("get", "leases", "-n", namespace, "-l", f"{LABEL}=slot", "-o", "json")
+    found = [i for i in json.loads(leases)["items"] if i["metadata"]["name"] == name]
+    return str(found[0]["spec"].get("holderIdentity") or "") if found else ""
+
+
+def cluster_status(kubeconfig: Path, *args: str) -> str:
+    """``prefetcher status --kubeconfig kubeconfig *args`` run as a command; its output."""
+    command = [str(Path(sys.executable).parent / "prefetcher"), "status", "--kubeconfig", str(kubeconfig)]
+    result = subprocess.run([*command, *args], capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
 
 
 @dataclass

@@ -12,6 +12,9 @@
   front, as a site would run next to its nodes, or with ``mirror_binary`` another build of
   Distribution (``hack/distribution.sh`` builds v3). A node's containerd uses it for the origin's
   host with ``RunningContainerd.trust_registry(front, mirror=mirror.host)``.
+
+``MISS_TRANSFERS`` is what one miss of the cache costs the origin with Debian's ``docker-registry``
+(2.8.2), measured in ``test_registry_mirror``: the blob streamed to the node, and again to store it.
 """
 
 from __future__ import annotations
@@ -25,6 +28,9 @@ from tests.support.oci import PushedImage
 from tests.support.registry import BINARY, RunningRegistry, start_registry
 from tests.support.registry_proxy import CountingProxy, counting_proxy
 from tests.support.throttle import throttled_proxy
+
+# One miss of Debian's docker-registry (2.8.2): a transfer streamed to the node, another to store.
+MISS_TRANSFERS = 2
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,12 @@ class OriginMirror:
     def ref(self, image: PushedImage) -> str:
         """``image`` (pushed to the origin) pinned by digest, named through the front."""
         return f"{self.front.host}/{image.repository}@{image.digest}"
+
+    def stored_bytes(self, digest: str) -> int:
+        """Size of blob ``digest`` in the origin's own storage (not through the counting front)."""
+        hexdigest = digest.removeprefix("sha256:")
+        blob = self.origin.root / "docker/registry/v2/blobs/sha256" / hexdigest[:2] / hexdigest / "data"
+        return blob.stat().st_size
 
     def origin_bytes(self, digest: str) -> int:
         """Body bytes of blob ``digest`` the origin served so far, to anyone."""
