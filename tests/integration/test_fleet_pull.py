@@ -1,8 +1,10 @@
 """Many nodes, one registry: what the origin serves when every node of a pool wants the same model.
 
-Three real kubelet nodes of the test cluster, an agent on each (``tests.support.fleet``), the
-origin registry behind the counting front, Distribution's pull-through cache as the nodes' mirror
-(``tests.support.mirror``). Every node is told to want the model at the same moment.
+Three real kubelet nodes of the test cluster, an agent on each run as a process
+(``tests.support.fleet``), the origin registry behind the counting front, Distribution's
+pull-through cache as the nodes' mirror (``tests.support.mirror``). Every node is told to want the
+model at the same moment. ``test_fleet_deploy`` runs the paced case with the agent installed from
+``deploy/agent`` on each node instead.
 
 * Direct, no pacing: each node's containerd fetches the model's layer itself; the origin serves
   it once per node.
