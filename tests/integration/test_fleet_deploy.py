@@ -67,10 +67,7 @@ RENAME_OVERRIDES = frozenset({"metadata.name", "spec.template.spec.volumes.confi
 
 @pytest.fixture(scope="module")
 def fleet(
-    cluster: Cluster,
-    registry: RunningRegistry,
-    cluster_isvc_crd: str,
-    tmp_path_factory: pytest.TempPathFactory,
+    cluster: Cluster, registry: RunningRegistry, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Fleet]:
     """Three Ready nodes, room for the agent image on each, pulling the origin through the mirror."""
     with fleet_nodes(
@@ -157,7 +154,11 @@ def summary(fleet: Fleet, node_name: str) -> dict[str, Any]:
 
 
 def test_installed_on_three_nodes_one_seeds_alone_and_the_origin_serves_the_model_in_one_cache_miss(
-    cluster: Cluster, fleet: Fleet, overlays: dict[str, Path], service_route: ServiceRoute
+    cluster: Cluster,
+    cluster_isvc_crd: str,
+    fleet: Fleet,
+    overlays: dict[str, Path],
+    service_route: ServiceRoute,
 ) -> None:
     registries, apiserver = fleet.registries, cluster.apiserver
     image = push_modelcar(registries.origin, "models/fleet-deployed", model_size_bytes=MODEL_BYTES, seed=1215)
