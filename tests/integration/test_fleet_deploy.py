@@ -4,11 +4,16 @@ The fleet of ``test_fleet_pull`` (three kubelet nodes of the test cluster, the o
 behind the counting front, Distribution's pull-through cache as every node's containerd mirror,
 ``tests.support.fleet``), with the agent deployed as an operator deploys it instead of run as a
 process: each node gets a kustomize overlay of ``deploy/agent`` (``tests.support.agent_deploy``)
-with the overrides ``test_deploy_cluster`` documents and checks, and one more for several nodes
-side by side: the DaemonSet and its ConfigMap carry the node's name as a suffix. Each node's
-ConfigMap differs in its port, so it needs a name of its own; the DaemonSet pins its node. The
-namespace, ServiceAccount, RBAC and node policy are the shipped ones, shared, so the three agents'
-pacing Leases coordinate in ``modelcar-prefetcher`` exactly as in a cluster with one DaemonSet.
+with the overrides ``test_deploy_cluster`` documents and checks, and two more for several nodes
+of a shared test cluster:
+
+* The DaemonSet and its ConfigMap carry the node's name as a suffix. Each node's ConfigMap differs
+  in its port, so it needs a name of its own; the DaemonSet pins its node. The namespace,
+  ServiceAccount, RBAC and node policy are the shipped ones, shared, so the three agents' pacing
+  Leases coordinate in ``modelcar-prefetcher`` exactly as in a cluster with one DaemonSet.
+* ``kubernetes.namespaces`` names this module's namespace: other tests' InferenceServices are in
+  the same cluster, and their models would take this fleet's pull slots (``pull.concurrency``).
+
 The ``fleet:`` settings are the shipped ConfigMap's: pacing on, one seed pull.
 
 One InferenceService wants a small modelcar pushed to the origin. While the origin holds the model
@@ -52,7 +57,6 @@ from tests.support.mirror import MISS_TRANSFERS
 from tests.support.oci import push_modelcar
 from tests.support.polling import eventually
 from tests.support.registry import RunningRegistry
-from tests.support.service_route import ServiceRoute
 
 pytestmark = pytest.mark.integration
 NODES = 3
@@ -83,8 +87,14 @@ def fleet(
 
 
 @pytest.fixture(scope="module")
+def namespace(cluster: Cluster) -> str:
+    """The namespace of this module's InferenceServices, the only one the agents follow."""
+    return new_namespace(cluster)
+
+
+@pytest.fixture(scope="module")
 def overlays(
-    fleet: Fleet, agent_image: AgentImage, tmp_path_factory: pytest.TempPathFactory
+    fleet: Fleet, namespace: str, agent_image: AgentImage, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, Path]:
     """Per node name, its install: ``deploy/agent`` with the test overrides and names of its own."""
     workdir = tmp_path_factory.mktemp("fleet-overlays")
@@ -95,6 +105,7 @@ def overlays(
             image=agent_image,
             registry_host=fleet.registries.host,
             state_dir=workdir / f"state-{i}",
+            settings={"  namespaces": f'["{namespace}"]'},
             suffix=f"-{node.node_name}",
         )
         for i, node in enumerate(fleet.nodes)
@@ -133,6 +144,7 @@ def test_each_nodes_install_is_deploy_agent_with_the_documented_overrides_and_it
         assert changed(yaml.safe_load(shipped["agent.yaml"]), settings) == {
             "listenAddress",
             "registries.insecure.0",
+            "kubernetes.namespaces.0",
         }
         # Pacing as shipped: one seed pull while no node holds a model warm.
         assert (settings["fleet"]["pacing"], settings["fleet"]["seedPulls"]) == (True, 1)
@@ -153,18 +165,14 @@ def summary(fleet: Fleet, node_name: str) -> dict[str, Any]:
     return found
 
 
+@pytest.mark.usefixtures("cluster_isvc_crd", "service_route")
 def test_installed_on_three_nodes_one_seeds_alone_and_the_origin_serves_the_model_in_one_cache_miss(
-    cluster: Cluster,
-    cluster_isvc_crd: str,
-    fleet: Fleet,
-    overlays: dict[str, Path],
-    service_route: ServiceRoute,
+    cluster: Cluster, fleet: Fleet, namespace: str, overlays: dict[str, Path]
 ) -> None:
     registries, apiserver = fleet.registries, cluster.apiserver
     image = push_modelcar(registries.origin, "models/fleet-deployed", model_size_bytes=MODEL_BYTES, seed=1215)
     ref, layer, counter = registries.ref(image), image.layer_digests[-1], registries.front.counter
     names = sorted(n.node_name for n in fleet.nodes)
-    namespace = new_namespace(cluster)
     with ExitStack() as stack:
         for node in fleet.nodes:
             stack.enter_context(installed(node, overlays[node.node_name]))
