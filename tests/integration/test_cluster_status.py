@@ -221,14 +221,14 @@ def test_nodes_with_junk_summaries_are_named_with_a_reason_and_the_others_still_
         annotate(apiserver, node, SUMMARY, text)
     reader = status_reader(apiserver)
 
-    doc = json.loads(status(reader, "-o", "json"))
+    doc = json.loads(cluster_status(reader, "-o", "json"))
     (row,) = (m for m in doc["models"] if m["model"] == ref)
     assert sorted(row["warm"]) == sorted(good) and row["fits"] == 2, row
     reasons = {node: doc["unreadableSummaries"].get(node) for node in bad}
     assert all(reasons.values()), reasons
     assert {"name": f"{namespace}/llm", "warmNodes": 2, "eligibleNodes": 2} in doc["inferenceServices"]
     for output in ("table", "wide"):
-        lines = status(reader, "-o", output).splitlines()
+        lines = cluster_status(reader, "-o", output).splitlines()
         assert any(line.startswith(ref[:40]) and line.split()[1:3] == ["2", "2"] for line in lines), lines
         for node, reason in reasons.items():
             assert f"node {node}: summary unreadable: {reason}" in lines, lines
