@@ -20,7 +20,16 @@ from dataclasses import replace
 
 from prefetcher.config import FleetConfig
 from prefetcher.core.model import DesiredModel, Plan, Pull, Skip, SkipReason
-from prefetcher.core.pacing import Candidate, LeaseRecord, PacingPolicy, Turn, Wait, WaitReason, pace
+from prefetcher.core.pacing import (
+    LEASE_PREFIX,
+    Candidate,
+    LeaseRecord,
+    PacingPolicy,
+    Turn,
+    Wait,
+    WaitReason,
+    pace,
+)
 from prefetcher.errors import KubeError
 from prefetcher.metrics import Metrics
 from prefetcher.ports import Clock, EventSink, FleetWarmth, LeaseState, SlotLeases
@@ -53,6 +62,8 @@ class Pacer:
         self._states: dict[str, LeaseState] = {}
         self._waiting_since: dict[str, float] = {}
         self._turns: dict[str, Turn] = {}
+        self._lost: dict[str, Wait] = {}  # turns another node took first during this pass
+        self._warm: frozenset[str] = frozenset()
         self._held: dict[str, dict[str, str]] = {}  # ref -> {lease name: version}
         self._renewed: dict[str, float] = {}
         self._finished: set[str] = set()
@@ -62,13 +73,14 @@ class Pacer:
     def decide(self, plan: Plan) -> Plan:
         """``plan`` with the pulls that must wait for a turn moved to ``paced`` skips."""
         policy = self._policy()
-        self._turns = {}
+        self._turns, self._lost = {}, {}
         if not policy.enabled or not plan.pulls:
             self._waiting_since.clear()
             return self._count(plan, {})
         now = self._clock.monotonic()
         try:
             self._states, warm = self._leases.list(), self._warmth.elsewhere()
+            self._warm = frozenset(warm)
         except KubeError as err:
             self._failed("read", err)
             return self._count(plan, {})
@@ -122,7 +134,7 @@ class Pacer:
                     version=known.version if known else None,
                 )
                 if version is None:
-                    log.info("another node took %s first; %s waits for the next pass", name, ref)
+                    self._lost[ref] = self._lost_race(pull, name)
                     self._release(held)
                     return False
                 held[name] = version
@@ -133,6 +145,35 @@ class Pacer:
         self._held[ref], self._renewed[ref] = held, self._clock.monotonic()
         self._waiting_since.pop(ref, None)
         return True
+
+    def lost_turns(self, plan: Plan) -> Plan:
+        """``plan`` with the pulls whose turn another node took first (``take`` said False) as waits.
+
+        Their wait is reported like any other (``paced`` skip, summary, metric), and the loop looks
+        again within ``fleet.pollSeconds`` rather than after a whole resync period.
+        """
+        if not self._lost:
+            return plan
+        lost, now = self._lost, self._clock.monotonic()
+        for wait in lost.values():
+            self._waiting_since.setdefault(wait.ref, now)
+            log.info("waiting for a turn to pull %s (%s): %s", wait.ref, wait.reason.value, wait.message)
+            self._announced[wait.ref] = wait.reason
+        by_ref = {p.model.ref.canonical(): p for p in plan.pulls}
+        skips = tuple(Skip(r, SkipReason.PACED, w.message, by_ref[r].model.sources) for r, w in lost.items())
+        pulls = tuple(p for p in plan.pulls if p.model.ref.canonical() not in lost)
+        self.waiting.update(w.reason.value for w in lost.values())  # had turns, so not counted yet
+        for reason in WaitReason:
+            self._metrics.pacing_waiting.labels(reason.value).set(self.waiting[reason.value])
+        return replace(plan, pulls=pulls, skips=plan.skips + skips)
+
+    def _lost_race(self, pull: Pull, lease: str) -> Wait:
+        ref = pull.model.ref.canonical()
+        if lease.startswith(f"{LEASE_PREFIX}-registry-"):
+            reason = WaitReason.REGISTRY
+        else:
+            reason = WaitReason.FLEET if model_key(pull.model) in self._warm else WaitReason.SEED
+        return Wait(ref, reason, f"another node took the turn first ({lease}); looking again")
 
     def renew(self, progress: Mapping[str, float]) -> None:
         """Renew the Leases of pulls that made progress (monotonic time of the last, by reference)."""

@@ -154,6 +154,8 @@ class Reconciler:
                     free -= 1
         finally:
             self._ledger.flush()
+        if self._pacer is not None:
+            plan = self._pacer.lost_turns(plan)
         self._publish(plan, disk)
         return PassReport(plan, dict(failed_this_run or {}))
 

@@ -7,7 +7,7 @@ import threading
 from prometheus_client import CollectorRegistry
 
 from prefetcher.agent.pacer import Pacer, pacing_policy
-from prefetcher.agent.reconciler import Reconciler
+from prefetcher.agent.reconciler import Reconciler, _next_pass_seconds
 from prefetcher.core.model import SkipReason
 from prefetcher.core.state import AgentState
 from prefetcher.metrics import Metrics
@@ -99,3 +99,27 @@ def test_pacing_off_pulls_on_every_node_at_once_and_touches_no_lease() -> None:
     assert pulled(a) == pulled(b) == [ref("big")]
     assert not fleet.leases.leases and not fleet.warmth.published
     assert "pacing" not in agent_b.summary()
+
+
+class Contested(FakeSlotLeases):
+    """Leases where node ``a`` takes every slot just before ``b`` does: ``b`` read it free and loses."""
+
+    def take(self, name: str, *, holder: str, duration_seconds: float, version: str | None) -> str | None:
+        if holder == "b" and name not in self.leases:
+            super().take(name, holder="a", duration_seconds=duration_seconds, version=None)
+        return super().take(name, holder=holder, duration_seconds=duration_seconds, version=version)
+
+
+def test_a_node_that_loses_the_race_for_a_turn_reports_it_paced_and_looks_again_soon() -> None:
+    fleet = Fleet("resyncSeconds: 300\nfleet: {seedPulls: 1, pollSeconds: 2}")
+    fleet.leases = Contested()
+    (b, agent_b) = fleet.node("b", "big")
+    report = agent_b.reconcile(b.config)
+    assert not pulled(b)
+    (skip,) = report.plan.skips
+    assert (skip.ref, skip.reason) == (ref("big"), SkipReason.PACED)
+    assert "another node took the turn first" in skip.message
+    assert not report.plan.pulls
+    assert agent_b.summary()["pacing"] == {"waiting": {"seed": 1}, "holding": 0}
+    # The next look comes after fleet.pollSeconds, not after a whole resync period.
+    assert _next_pass_seconds(b.config, report.plan) == 2
