@@ -311,8 +311,7 @@ def test_stop_interrupts_a_quiet_watch(api: Any, isvc_crd: str) -> None:
     thread.start()
     assert watch.synced.wait(30)
     eventually(lambda: watch._response is not None, what="the watch open")  # the watch is open and quiet
-    started = time.monotonic()
     watch.stop()
-    thread.join(10)
+    # The server would end this watch only after 300 s: a thread gone within the wait was stopped.
+    thread.join(30)
     assert not thread.is_alive()
-    assert time.monotonic() - started < 5
