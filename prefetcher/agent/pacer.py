@@ -86,9 +86,10 @@ class Pacer:
             return self._count(plan, {})
         by_ref = {p.model.ref.canonical(): p for p in plan.pulls}
         candidates = [Candidate(ref, model_key(p.model), p.model.ref.registry) for ref, p in by_ref.items()]
+        records = self._observe(now)
         result = pace(
             candidates,
-            leases=self._observe(now),
+            leases=records,
             warm=warm,
             policy=policy,
             node=self._node,
@@ -97,6 +98,7 @@ class Pacer:
             busy=frozenset(name for held in self._held.values() for name in held),
         )
         self._turns = {t.ref: t for t in result.turns}
+        self._sweep(records, now, taking=frozenset(name for t in result.turns for name in t.leases))
         waits = {w.ref: w for w in result.waits}
         since = self._waiting_since
         self._waiting_since = {r: since.get(r, now) for r in by_ref if r in waits or r in since}
@@ -241,6 +243,22 @@ class Pacer:
             n: LeaseRecord(n, s.holder, s.version, seen[n][1], s.duration_seconds)
             for n, s in self._states.items()
         }
+
+    def _sweep(self, records: Mapping[str, LeaseRecord], now: float, *, taking: frozenset[str]) -> None:
+        """Delete slots whose holder stopped renewing (dead agents, abandoned turns), except those
+        this pass is about to take over: an expired slot is free either way, so this changes no
+        decision, but slots of models no node wants any more would otherwise stay for ever. The
+        delete carries the read version: a slot renewed or taken over meanwhile is left alone."""
+        own, ours = self._duration(), {name for held in self._held.values() for name in held}
+        for name, record in records.items():
+            if name in taking or name in ours or not record.holder or record.live(now, own):
+                continue
+            try:
+                self._leases.release(name, version=record.version)
+            except KubeError as err:
+                self._failed("release", err)
+                return
+            log.info("deleted the expired pacing slot %s of %s", name, record.holder)
 
     def _drop(self, ref: str) -> None:
         """Release the Leases of ``ref``'s pull and forget them."""

@@ -220,3 +220,28 @@ def test_a_foreign_lease_with_a_junk_duration_on_the_seed_slot_expires_by_our_ru
 def test_a_lease_with_junk_fields_reads_without_error(item: dict, holder: str, duration: float) -> None:  # type: ignore[type-arg]
     state = lease_state(item)
     assert (state.holder, state.duration_seconds) == (holder, duration)
+
+
+def test_a_dead_holders_slot_is_deleted_once_expired_even_when_no_node_wants_its_model(  # type: ignore[no-untyped-def]
+    node, clock, leases
+) -> None:
+    a, b = node("a"), node("b")
+    assert start(a, planned(LLAMA))  # a takes llama's seed slot, then is killed: it renews no more
+    (slot,) = leases.leases
+    assert start(b, planned(SMALL)) == [SMALL.ref.canonical()]  # b sees the slot live: kept
+    assert slot in leases.leases
+    b.pacer.finished(SMALL.ref.canonical(), succeeded=False)  # b's own slot goes at once
+    clock.advance(31)
+    b.pacer.decide(planned(SMALL))
+    assert slot not in leases.leases
+
+
+def test_a_renewed_slot_is_never_deleted_by_another_node(node, clock, leases) -> None:  # type: ignore[no-untyped-def]
+    a, b = node("a"), node("b")
+    ref = LLAMA.ref.canonical()
+    assert start(a, planned(LLAMA))
+    for _ in range(4):
+        clock.advance(20)
+        a.pacer.renew({ref: clock.monotonic()})
+        b.pacer.decide(planned(SMALL))
+    assert [s.holder for s in leases.leases.values()] == ["a"]
