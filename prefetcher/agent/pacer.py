@@ -62,6 +62,7 @@ class Pacer:
         self._states: dict[str, LeaseState] = {}
         self._waiting_since: dict[str, float] = {}
         self._turns: dict[str, Turn] = {}
+        self._waits: dict[str, Wait] = {}  # this pass's waits: decided, then turns lost to another node
         self._lost: dict[str, Wait] = {}  # turns another node took first during this pass
         self._warm: frozenset[str] = frozenset()
         self._held: dict[str, dict[str, str]] = {}  # ref -> {lease name: version}
@@ -73,42 +74,37 @@ class Pacer:
     def decide(self, plan: Plan) -> Plan:
         """``plan`` with the pulls that must wait for a turn moved to ``paced`` skips."""
         policy = self._policy()
-        self._turns, self._lost = {}, {}
+        self._turns, self._waits, self._lost = {}, {}, {}
         if not policy.enabled or not plan.pulls:
             self._waiting_since.clear()
-            return self._count(plan, {})
+            return self._count(plan)
         now = self._clock.monotonic()
         try:
-            self._states, warm = self._leases.list(), self._warmth.elsewhere()
-            self._warm = frozenset(warm)
+            self._states, self._warm = self._leases.list(), self._warmth.elsewhere()
         except KubeError as err:
             self._failed("read", err)
-            return self._count(plan, {})
+            return self._count(plan)
         by_ref = {p.model.ref.canonical(): p for p in plan.pulls}
         candidates = [Candidate(ref, model_key(p.model), p.model.ref.registry) for ref, p in by_ref.items()]
         records = self._observe(now)
+        busy = frozenset(name for held in self._held.values() for name in held)
         result = pace(
             candidates,
             leases=records,
-            warm=warm,
+            warm=self._warm,
             policy=policy,
             node=self._node,
             now=now,
             waiting_since=self._waiting_since,
-            busy=frozenset(name for held in self._held.values() for name in held),
+            busy=busy,
         )
         self._turns = {t.ref: t for t in result.turns}
-        self._sweep(records, now, taking=frozenset(name for t in result.turns for name in t.leases))
+        self._sweep(records, now, keep=busy | {name for t in result.turns for name in t.leases})
         waits = {w.ref: w for w in result.waits}
         since = self._waiting_since
         self._waiting_since = {r: since.get(r, now) for r in by_ref if r in waits or r in since}
-        for wait in result.waits:  # logged when a wait starts or its reason changes, not every look
-            if self._announced.get(wait.ref) is not wait.reason:
-                log.info("waiting for a turn to pull %s (%s): %s", wait.ref, wait.reason.value, wait.message)
-        self._announced = {w.ref: w.reason for w in result.waits}
-        skips = tuple(Skip(r, SkipReason.PACED, w.message, by_ref[r].model.sources) for r, w in waits.items())
-        pulls = tuple(p for p in plan.pulls if p.model.ref.canonical() not in waits)
-        return self._count(replace(plan, pulls=pulls, skips=plan.skips + skips), waits)
+        self._announced = {r: reason for r, reason in self._announced.items() if r in waits}
+        return self._wait(plan, waits)
 
     def take(self, pull: Pull) -> bool:
         """Hold the Leases of ``pull``'s turn; False when another node took one first."""
@@ -156,18 +152,23 @@ class Pacer:
         """
         if not self._lost:
             return plan
-        lost, now = self._lost, self._clock.monotonic()
-        for wait in lost.values():
-            self._waiting_since.setdefault(wait.ref, now)
-            log.info("waiting for a turn to pull %s (%s): %s", wait.ref, wait.reason.value, wait.message)
-            self._announced[wait.ref] = wait.reason
+        now = self._clock.monotonic()
+        for ref in self._lost:
+            self._waiting_since.setdefault(ref, now)
+        return self._wait(plan, self._lost)
+
+    def _wait(self, plan: Plan, waits: Mapping[str, Wait]) -> Plan:
+        """``plan`` with the pulls of ``waits`` moved to ``paced`` skips, each wait logged when it
+        starts or its reason changes (not every look) and counted with this pass's others."""
+        for ref, wait in waits.items():
+            if self._announced.get(ref) is not wait.reason:
+                log.info("waiting for a turn to pull %s (%s): %s", ref, wait.reason.value, wait.message)
+                self._announced[ref] = wait.reason
+        self._waits.update(waits)
         by_ref = {p.model.ref.canonical(): p for p in plan.pulls}
-        skips = tuple(Skip(r, SkipReason.PACED, w.message, by_ref[r].model.sources) for r, w in lost.items())
-        pulls = tuple(p for p in plan.pulls if p.model.ref.canonical() not in lost)
-        self.waiting.update(w.reason.value for w in lost.values())  # had turns, so not counted yet
-        for reason in WaitReason:
-            self._metrics.pacing_waiting.labels(reason.value).set(self.waiting[reason.value])
-        return replace(plan, pulls=pulls, skips=plan.skips + skips)
+        skips = tuple(Skip(r, SkipReason.PACED, w.message, by_ref[r].model.sources) for r, w in waits.items())
+        pulls = tuple(p for p in plan.pulls if p.model.ref.canonical() not in waits)
+        return self._count(replace(plan, pulls=pulls, skips=plan.skips + skips))
 
     def _lost_race(self, pull: Pull, lease: str) -> Wait:
         ref = pull.model.ref.canonical()
@@ -244,14 +245,15 @@ class Pacer:
             for n, s in self._states.items()
         }
 
-    def _sweep(self, records: Mapping[str, LeaseRecord], now: float, *, taking: frozenset[str]) -> None:
-        """Delete slots whose holder stopped renewing (dead agents, abandoned turns), except those
-        this pass is about to take over: an expired slot is free either way, so this changes no
-        decision, but slots of models no node wants any more would otherwise stay for ever. The
-        delete carries the read version: a slot renewed or taken over meanwhile is left alone."""
-        own, ours = self._duration(), {name for held in self._held.values() for name in held}
+    def _sweep(self, records: Mapping[str, LeaseRecord], now: float, *, keep: frozenset[str]) -> None:
+        """Delete slots whose holder stopped renewing (dead agents, abandoned turns), except ``keep``
+        (this node's own, and those this pass is about to take over): an expired slot is free either
+        way, so this changes no decision, but slots of models no node wants any more would otherwise
+        stay for ever. The delete carries the read version: a slot renewed or taken over meanwhile is
+        left alone."""
+        own = self._duration()
         for name, record in records.items():
-            if name in taking or name in ours or not record.holder or record.live(now, own):
+            if name in keep or not record.holder or record.live(now, own):
                 continue
             try:
                 self._leases.release(name, version=record.version)
@@ -272,8 +274,8 @@ class Pacer:
             except KubeError as err:  # it expires on its own
                 self._failed("release", err)
 
-    def _count(self, plan: Plan, waits: Mapping[str, Wait]) -> Plan:
-        self.waiting = Counter(w.reason.value for w in waits.values())
+    def _count(self, plan: Plan) -> Plan:
+        self.waiting = Counter(w.reason.value for w in self._waits.values())
         for reason in WaitReason:
             self._metrics.pacing_waiting.labels(reason.value).set(self.waiting[reason.value])
         return plan
