@@ -1,10 +1,12 @@
 """The webhook's HTTPS server; with ``tls`` the only modules of ``prefetcher.webhook`` doing I/O.
 
-``app.AdmissionApp`` is served by hypercorn (asyncio, HTTP/1.1 over TLS only) rather than a
-hand-rolled server: a connection costs a coroutine, not a thread or a slot, so clients that hold
-connections open or dribble their headers cannot starve the API server's reviews. Limits:
+tornado's HTTP/1.1 server (on asyncio, TLS by the ``ssl`` module) serves ``app.AdmissionApp``
+rather than a hand-rolled server: a connection costs a coroutine, not a thread or a slot, so
+clients that hold connections open or dribble their headers cannot starve the API server's
+reviews, and its parser is a small part of each review's CPU. Limits:
 
-- the TLS handshake must finish within ``requestTimeoutSeconds``; headers are at most 16 KiB;
+- the TLS handshake must finish within ``requestTimeoutSeconds``; headers are at most
+  ``MAX_HEADER_BYTES``;
 - an idle keep-alive connection, and the headers of the next request on it, get ``IDLE_SECONDS``
   — longer than the API server's own idle timeout (90 s), so it is the client that closes idle
   connections and never a POST that races the server's close;
@@ -20,16 +22,13 @@ The config, metrics and certificate store are built and passed in by ``prefetche
 from __future__ import annotations
 
 import asyncio
-import logging
 import socket
-import ssl
 import threading
-from typing import cast
+from typing import Any, cast
 
-from hypercorn.asyncio import serve
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.config import Sockets
-from hypercorn.typing import ASGIFramework
+from tornado.http1connection import HTTP1ServerConnection
+from tornado.httpserver import HTTPServer
+from tornado.iostream import IOStream, SSLIOStream
 
 from prefetcher.core.address import parse_host_port
 from prefetcher.errors import ConfigError
@@ -48,32 +47,32 @@ BACKLOG = 1024
 DRAIN_SECONDS = 15.0
 # Bodies held in memory at once, in units of maxRequestBytes (see app.py).
 BODY_BUDGET_REQUESTS = 3
+# A request line and headers; the API server sends well under 1 KiB.
+MAX_HEADER_BYTES = 16 * 1024
 
 
-class _ServerConfig(HypercornConfig):
-    """hypercorn's settings, with our listening socket and our certificate store."""
+class _Server(HTTPServer):
+    """tornado's server with a TLS handshake deadline, telling the application of closed connections."""
 
-    def __init__(self, *, listener: socket.socket, certs: CertificateStore, config: WebhookConfig) -> None:
-        self._listener = listener
-        self._ssl_context = certs.listener_context()
-        self.backlog = BACKLOG
-        self.keep_alive_timeout = IDLE_SECONDS
-        self.ssl_handshake_timeout = config.request_timeout_seconds
-        self.graceful_timeout = DRAIN_SECONDS
-        self.alpn_protocols = ["http/1.1"]
-        self.include_server_header = False
-        self.accesslog = None
-        self.errorlog = logging.getLogger("prefetcher.webhook.hypercorn")
+    app: AdmissionApp
+    handshake_seconds: float
 
-    @property
-    def ssl_enabled(self) -> bool:
-        return True
+    def handle_stream(self, stream: IOStream, address: Any) -> None:
+        handshake = stream.wait_for_handshake() if isinstance(stream, SSLIOStream) else None
+        if handshake is not None:
+            # Before the first request the header deadline (IDLE_SECONDS) would also cover it.
+            timer = asyncio.get_running_loop().call_later(self.handshake_seconds, stream.close)
 
-    def create_ssl_context(self) -> ssl.SSLContext:
-        return self._ssl_context
+            def handshaken(done: asyncio.Future[SSLIOStream]) -> None:
+                timer.cancel()
+                done.exception()  # a failed handshake has closed the stream; nothing to report
 
-    def create_sockets(self) -> Sockets:
-        return Sockets(secure_sockets=[self._listener], insecure_sockets=[], quic_sockets=[])
+            handshake.add_done_callback(handshaken)
+        super().handle_stream(stream, address)
+
+    def on_close(self, server_conn: object) -> None:
+        super().on_close(server_conn)
+        self.app.forget(cast(HTTP1ServerConnection, server_conn))
 
 
 def _listen(address: tuple[str, int]) -> socket.socket:
@@ -106,14 +105,12 @@ class WebhookServer:
     ) -> None:
         self._listener = _listen(address)
         self._port = int(self._listener.getsockname()[1])
-        self._app = AdmissionApp(
-            config=config,
-            metrics=metrics,
-            body_budget_bytes=BODY_BUDGET_REQUESTS * config.max_request_bytes,
-        )
-        self._settings = _ServerConfig(listener=self._listener, certs=certs, config=config)
+        self._config = config
+        self._metrics = metrics
+        self._ssl_context = certs.listener_context()
         self._loop = asyncio.new_event_loop()
         self._stopping = asyncio.Event()
+        self._app: AdmissionApp | None = None
         self._thread = threading.Thread(target=self._run, name="webhook", daemon=True)
 
     @property
@@ -130,16 +127,39 @@ class WebhookServer:
         if self._thread.is_alive():
             self._loop.call_soon_threadsafe(self._stopping.set)
             self._thread.join()
-        self._app.close()
         self._listener.close()
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
         try:
-            app = cast(ASGIFramework, self._app)  # ASGI by protocol; hypercorn's types are nominal
-            self._loop.run_until_complete(serve(app, self._settings, shutdown_trigger=self._stopping.wait))
+            self._loop.run_until_complete(self._serve())
         finally:
             self._loop.close()
+
+    async def _serve(self) -> None:
+        app = AdmissionApp(
+            config=self._config,
+            metrics=self._metrics,
+            body_budget_bytes=BODY_BUDGET_REQUESTS * self._config.max_request_bytes,
+        )
+        server = _Server(
+            app,
+            ssl_options=self._ssl_context,
+            idle_connection_timeout=IDLE_SECONDS,
+            # The body's own deadline, with its 408, is the application's; this one covers
+            # bodies of the routes that do not read theirs.
+            body_timeout=self._config.request_timeout_seconds,
+            max_header_size=MAX_HEADER_BYTES,
+            max_body_size=self._config.max_request_bytes,
+        )
+        server.app, server.handshake_seconds = app, self._config.request_timeout_seconds
+        server.add_sockets([self._listener])
+        try:
+            await self._stopping.wait()
+        finally:
+            server.stop()
+            await app.drain(DRAIN_SECONDS)
+            app.close()
 
 
 def parse_listen(text: str) -> tuple[str, int]:

@@ -34,7 +34,7 @@ OUTSIDE = (
     "requests",
     "http.client",
     "socket",
-    "hypercorn",
+    "tornado",
     "prefetcher.adapters.cri_api",
 )
 CORE_FORBIDDEN = (

@@ -23,7 +23,7 @@ FORBIDDEN = (
     "threading",
     "subprocess",
     "prometheus_client",
-    "hypercorn",
+    "tornado",
     "asyncio",
     "prefetcher.webhook.server",
     "prefetcher.webhook.app",
