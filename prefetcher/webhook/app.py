@@ -111,7 +111,7 @@ class AdmissionApp(httputil.HTTPServerConnectionDelegate):
     def start_request(
         self, server_conn: object, request_conn: httputil.HTTPConnection
     ) -> httputil.HTTPMessageDelegate:
-        exchange = _Exchange(self, cast(HTTP1Connection, request_conn), self._settle)
+        exchange = _Exchange(self, cast(HTTP1Connection, request_conn))
         self._exchanges[cast(HTTP1ServerConnection, server_conn)] = exchange
         return exchange
 
@@ -121,7 +121,10 @@ class AdmissionApp(httputil.HTTPServerConnectionDelegate):
         self._settle()
 
     async def drain(self, seconds: float) -> None:
-        """Close idle connections, answer requests in flight (for up to ``seconds``), close the rest."""
+        """Close idle connections; answer the others' requests (for up to ``seconds``); close the rest.
+
+        While stopping, every answer closes its connection, so the drain ends when none is left.
+        """
         self.stopping = True
         for _ in range(3):  # requests whose headers were read but not yet handed over become busy
             await asyncio.sleep(0)
@@ -149,17 +152,16 @@ class AdmissionApp(httputil.HTTPServerConnectionDelegate):
         return handle_review(body, config=self.config)
 
     def _settle(self) -> None:
-        if self.stopping and not any(exchange.busy for exchange in self._exchanges.values()):
+        if self.stopping and not self._exchanges:
             self._settled.set()
 
 
 class _Exchange(httputil.HTTPMessageDelegate):
     """One request on a connection, from its headers to the answer written."""
 
-    def __init__(self, app: AdmissionApp, connection: HTTP1Connection, settle: Callable[[], None]) -> None:
+    def __init__(self, app: AdmissionApp, connection: HTTP1Connection) -> None:
         self._app = app
         self._connection = connection
-        self._settle = settle
         self._answer: Callable[[], None] | None = None
         self._body = bytearray()
         self._received = 0
@@ -200,7 +202,6 @@ class _Exchange(httputil.HTTPMessageDelegate):
             self._timer.cancel()
         self._release()
         self.busy = False
-        self._settle()
 
     async def _route(self, method: str, path: str, headers: httputil.HTTPHeaders) -> None:
         if path == "/mutate":
@@ -311,7 +312,6 @@ class _Exchange(httputil.HTTPMessageDelegate):
 
     def _done(self, _written: asyncio.Future[None]) -> None:
         self.busy = False
-        self._settle()
 
     def _release(self) -> None:
         if self._held:

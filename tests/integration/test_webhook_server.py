@@ -317,3 +317,35 @@ def test_the_expiry_gauge_follows_the_certificate_in_service(tmp_path: Path) -> 
     ca.issue(tmp_path / "tls.crt", tmp_path / "tls.key")
     store.context()
     assert len(expiries) == 2
+
+
+def test_a_client_that_never_finishes_its_handshake_is_closed_at_the_deadline(served: Served) -> None:
+    # The served fixture's requestTimeoutSeconds is 1 s; the header deadline would wait 120 s.
+    with socket.create_connection(("127.0.0.1", served.server.port), timeout=DEADLINE_SECONDS) as raw:
+        raw.sendall(b"\x16\x03\x01")  # the first bytes of a ClientHello, and no more
+        assert raw.recv(4096) == b""  # closed by the server, before this socket's own timeout
+
+
+def test_stop_closes_idle_connections_and_answers_the_request_in_flight(tmp_path: Path) -> None:
+    served = start_server(tmp_path, WebhookConfig())
+    idle = served.connect()
+    stopper = threading.Thread(target=served.server.stop)
+    try:
+        assert served.post(idle, pod_review("before"))[0] == 200
+        body = json.dumps(pod_review("in-flight")).encode()
+        with _tls_socket(served) as tls:
+            tls.sendall(b"POST /mutate HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body))
+            tls.sendall(body[:10])
+            stopper.start()
+            assert idle.sock is not None
+            assert until_closed(idle.sock) == b""  # closed while the other request is still open
+            tls.sendall(body[10:])
+            answer = until_closed(tls)
+        assert answer.startswith(b"HTTP/1.1 200") and b"\r\nConnection: close\r\n" in answer
+        assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["response"]["uid"] == "in-flight"
+    finally:
+        idle.close()
+        if not stopper.is_alive() and stopper.ident is None:
+            served.server.stop()
+        stopper.join()
+
