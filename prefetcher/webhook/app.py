@@ -64,15 +64,21 @@ class _ByteBudget:
         self._free = total
         self._waiters: list[asyncio.Future[None]] = []
 
+    def take(self, size: int) -> bool:
+        """Hold ``size`` bytes if there is room now."""
+        if self._free < size:
+            return False
+        self._free -= size
+        return True
+
     async def acquire(self, size: int) -> None:
-        while self._free < size:
+        while not self.take(size):
             waiter = asyncio.get_running_loop().create_future()
             self._waiters.append(waiter)
             try:
                 await waiter
             finally:
                 self._waiters.remove(waiter)
-        self._free -= size
 
     def release(self, size: int) -> None:
         self._free += size
@@ -138,18 +144,17 @@ class AdmissionApp(httputil.HTTPServerConnectionDelegate):
         for server_conn in list(self._exchanges):
             await server_conn.close()
 
-    async def decide(self, body: bytearray) -> tuple[dict[str, Any], Outcome]:
-        """``handle_review`` of ``body``: inline, or on the decoder thread for a large body."""
-        if len(body) > LARGE_BODY_BYTES:
-            return await asyncio.get_running_loop().run_in_executor(self._decoder, self._decide, body)
-        return self._decide(body)
+    def decide(self, body: bytearray) -> tuple[dict[str, Any], Outcome]:
+        """``handle_review`` of ``body``."""
+        return handle_review(body, config=self.config)
+
+    async def decide_large(self, body: bytearray) -> tuple[dict[str, Any], Outcome]:
+        """``handle_review`` of a large ``body`` on the decoder thread, one at a time."""
+        return await asyncio.get_running_loop().run_in_executor(self._decoder, self.decide, body)
 
     def close(self) -> None:
         """Stop the decoder thread (after the server has drained)."""
         self._decoder.shutdown(wait=True)
-
-    def _decide(self, body: bytearray) -> tuple[dict[str, Any], Outcome]:
-        return handle_review(body, config=self.config)
 
     def _settle(self) -> None:
         if self.stopping and not self._exchanges:
@@ -209,9 +214,11 @@ class _Exchange(httputil.HTTPMessageDelegate):
             await self._admit(headers)
         elif path in ("/healthz", "/readyz"):
             _allow(method, ("GET", "HEAD"))
+            self._discard_body()
             self._answer = lambda: self._respond(200, "text/plain", b"ok\n")
         elif path == "/metrics":
             _allow(method, ("GET", "HEAD"))
+            self._discard_body()
             self._answer = self._metrics
         else:
             raise _Refused(404, "not found")
@@ -221,11 +228,12 @@ class _Exchange(httputil.HTTPMessageDelegate):
         length = _content_length(headers, self._app.config.max_request_bytes)
         self._started = time.perf_counter()
         timeout = self._app.config.request_timeout_seconds
-        try:
-            async with asyncio.timeout(timeout):
-                await self._app.budget.acquire(length)
-        except TimeoutError as error:
-            raise _Refused(408, "request body not received in time") from error
+        if not self._app.budget.take(length):
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._app.budget.acquire(length)
+            except TimeoutError as error:
+                raise _Refused(408, "request body not received in time") from error
         self._held = length
         self._body = bytearray(length)
         self._answer = self._review
@@ -234,20 +242,31 @@ class _Exchange(httputil.HTTPMessageDelegate):
 
     def _review(self) -> None:
         # tornado delivers exactly Content-Length bytes before calling finish().
-        self._task = asyncio.ensure_future(self._decide())
-        self._task.add_done_callback(self._decided)
+        if len(self._body) > LARGE_BODY_BYTES:
+            self._task = asyncio.ensure_future(self._decide_large())
+            self._task.add_done_callback(self._decided)
+            return
+        try:
+            decided = self._app.decide(self._body)
+        finally:
+            self._body = bytearray()
+            self._release()
+        self._answer_review(*decided)
+
+    async def _decide_large(self) -> None:
+        try:
+            decided = await self._app.decide_large(self._body)
+        finally:
+            self._body = bytearray()
+            self._release()
+        self._answer_review(*decided)
 
     def _decided(self, task: asyncio.Task[None]) -> None:
         if not task.cancelled() and task.exception() is not None:
             log.error("review failed", exc_info=task.exception())
             self._connection.stream.close()
 
-    async def _decide(self) -> None:
-        try:
-            response, outcome = await self._app.decide(self._body)
-        finally:
-            self._body = bytearray()
-            self._release()
+    def _answer_review(self, response: dict[str, Any], outcome: Outcome) -> None:
         self._respond(200, "application/json", json.dumps(response, separators=(",", ":")).encode())
         metrics = self._app.metrics
         metrics.requests.labels(outcome).inc()
@@ -256,6 +275,10 @@ class _Exchange(httputil.HTTPMessageDelegate):
             answer = response["response"]
             message = answer["status"]["message"] if "status" in answer else ""
             log.info("review %s: %s %s", _quoted(answer.get("uid", "")), outcome, _quoted(message))
+
+    def _discard_body(self) -> None:
+        # A body these routes ignore still has to arrive in time (the server sets no deadline).
+        self._connection.set_body_timeout(self._app.config.request_timeout_seconds)
 
     def _metrics(self) -> None:
         self._respond(200, CONTENT_TYPE_LATEST, generate_latest(self._app.metrics.registry))

@@ -146,9 +146,8 @@ class WebhookServer:
             app,
             ssl_options=self._ssl_context,
             idle_connection_timeout=IDLE_SECONDS,
-            # The body's own deadline, with its 408, is the application's; this one covers
-            # bodies of the routes that do not read theirs.
-            body_timeout=self._config.request_timeout_seconds,
+            # No body deadline here: the application arms its own per route (408 on /mutate).
+            body_timeout=None,
             max_header_size=MAX_HEADER_BYTES,
             max_body_size=self._config.max_request_bytes,
         )
