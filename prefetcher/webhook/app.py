@@ -349,7 +349,10 @@ def _has_input(stream: IOStream) -> bool:
         return False
     if isinstance(sock, ssl.SSLSocket) and sock.pending():
         return True
-    return bool(select.select([sock], [], [], 0)[0])
+    # poll, not select: a flood of connections gives sockets numbers above select's 1024.
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 def _allow(method: str, allowed: tuple[str, ...]) -> None:

@@ -9,6 +9,7 @@ import datetime
 import http.client
 import json
 import os
+import resource
 import socket
 import ssl
 import threading
@@ -349,3 +350,33 @@ def test_stop_closes_idle_connections_and_answers_the_request_in_flight(tmp_path
             served.server.stop()
         stopper.join()
 
+
+
+def test_stop_drains_connections_whose_descriptors_are_above_select_s_limit(tmp_path: Path) -> None:
+    # A container's open-file limit is often far above 1024 (FD_SETSIZE), and under a flood of
+    # connections the server's sockets get numbers above it, where select() cannot look.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 2048:
+        if hard != resource.RLIM_INFINITY and hard < 2048:
+            pytest.fail(f"this test needs 2048 open files; the hard limit (ulimit -Hn) is {hard}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (2048, hard))
+    fillers = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    served = start_server(tmp_path, WebhookConfig())
+    stopper = threading.Thread(target=served.server.stop)
+    idle = served.connect()
+    try:
+        assert served.post(idle, pod_review("before"))[0] == 200
+        server_fds = [int(name) for name in os.listdir("/proc/self/fd")]
+        assert max(server_fds) > 1024
+        stopper.start()
+        assert idle.sock is not None
+        assert until_closed(idle.sock) == b""
+        stopper.join(timeout=10)
+        assert not stopper.is_alive()
+    finally:
+        idle.close()
+        for fd in fillers:
+            os.close(fd)
+        if stopper.ident is None:
+            served.server.stop()
+        stopper.join()
