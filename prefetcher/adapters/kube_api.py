@@ -186,8 +186,13 @@ def _event(document: object) -> Mapping[str, Any]:
     return document
 
 
-def _finish(response: Any) -> None:
-    # An unread body left in a pooled connection is what the next request would read first.
+def discard(response: Any) -> None:
+    """Read the rest of a raw (``_preload_content=False``) response, then give its connection back.
+
+    Released unread, a body poisons its pooled connection: while the response lives, the next
+    request on it fails after being sent (``ResponseNotReady``); once it is freed, the bytes still
+    on the socket are what the next request reads as its answer.
+    """
     response.drain_conn()
     response.release_conn()
 
@@ -263,7 +268,7 @@ class EventRecorder:
                     _preload_content=False,
                     _request_timeout=(self._timeout, self._timeout),
                 )
-                _finish(response)
+                discard(response)
         except KubeStatusError as error:
             if error.status == 404:  # expired (the API server's event TTL) or deleted: start anew
                 return False
@@ -294,7 +299,7 @@ class EventRecorder:
             response = self._events.create_namespaced_event(
                 namespace, body, _preload_content=False, _request_timeout=(self._timeout, self._timeout)
             )
-            _finish(response)
+            discard(response)
         return name
 
     def _timestamp(self) -> str:

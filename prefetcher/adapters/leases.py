@@ -25,7 +25,14 @@ from typing import Any
 
 from kubernetes import client
 
-from prefetcher.adapters.kube_api import Collection, KubeStatusError, kube_errors, list_items, micro_time
+from prefetcher.adapters.kube_api import (
+    Collection,
+    KubeStatusError,
+    discard,
+    kube_errors,
+    list_items,
+    micro_time,
+)
 from prefetcher.core.pacing import LEASE_PREFIX
 from prefetcher.ports import Clock, LeaseState
 
@@ -83,7 +90,7 @@ class LeaseStore:
                     _preload_content=False,
                     _request_timeout=self._timeouts,
                 )
-                response.release_conn()
+                discard(response)
         except KubeStatusError as error:
             if error.status not in _CONFLICT_OR_GONE:
                 raise

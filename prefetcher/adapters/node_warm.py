@@ -18,7 +18,7 @@ from typing import Any
 
 from kubernetes import client
 
-from prefetcher.adapters.kube_api import Collection, kube_errors, list_items
+from prefetcher.adapters.kube_api import Collection, discard, kube_errors, list_items
 from prefetcher.core.pacing import warm_keys
 
 ANNOTATION = "modelcar-prefetcher.io/warm"
@@ -43,7 +43,7 @@ class NodeWarmth:
             response = self._core.patch_node(
                 self._node, body, _preload_content=False, _request_timeout=(self._timeout, self._timeout)
             )
-            response.release_conn()
+            discard(response)
         self._last = text
 
     def elsewhere(self) -> frozenset[str]:

@@ -36,6 +36,7 @@ from prefetcher.adapters.kube_api import (
     KubeStatusError,
     ObjectRef,
     agent_namespace,
+    discard,
     kube_errors,
     micro_time,
 )
@@ -120,7 +121,7 @@ class LeaderLease:
                 else:
                     replace = self._leases.replace_namespaced_lease
                     response = replace(LEASE_NAME, self._namespace, body, **options)
-                response.release_conn()
+                discard(response)
         except KubeStatusError as err:
             if err.status in (404, 409):  # another agent wrote it first (or deleted it): not ours
                 return False
@@ -189,7 +190,6 @@ class WarmthReporter:
             except Exception:  # the top of this thread's loop: a bug must not end reporting for good
                 log.exception("warmth report failed unexpectedly; trying again next period")
             self._stop.wait(self._period)
-
 
 
 def warmth_reporter(

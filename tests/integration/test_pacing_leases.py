@@ -8,6 +8,7 @@ groups) against the shipped RBAC, so the namespaced Role is proven by use as wel
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -268,3 +269,47 @@ def test_leases_written_at_a_whole_second_are_accepted(apiserver: ApiServer, age
         assert lease.hold() and lease.hold()
     finally:
         admin.close()
+
+
+def test_writes_leave_their_connection_ready_for_the_next_request(
+    apiserver: ApiServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A response handed back to the pool with its body unread poisons its connection: while the
+    # response object lives, the next request on that connection fails with ResponseNotReady after
+    # it was sent (a PATCH is then lost, a PUT or DELETE sent twice); once it is freed, the rest of
+    # the body still on the socket is what the next request reads as its status line. Which one
+    # happens depends on timing and on who holds the response; here every response is kept, as a
+    # traceback or a reference cycle would keep it, so the outcome is the same every run.
+    caplog.set_level(logging.DEBUG, logger="urllib3.connectionpool")
+    namespace, node = unique("ns"), create_node(apiserver)
+    apiserver.create_namespace(namespace)
+    api = api_client(kubeconfig=str(apiserver.kubeconfig))
+    kept: list[Any] = []
+    send = api.rest_client.pool_manager.request
+
+    def request(*args: Any, **kwargs: Any) -> Any:
+        response = send(*args, **kwargs)
+        kept.append(response)
+        return response
+
+    api.rest_client.pool_manager.request = request
+    try:
+        store = LeaseStore(api, namespace=namespace, clock=_Clock())
+        leader = LeaderLease(api, namespace=namespace, holder="node-a", duration_seconds=30, clock=_Clock())
+        warmth = NodeWarmth(api, node_name=node)
+        for round_ in range(3):
+            name = unique("modelcar-pull-slot")
+            version = store.take(name, holder="node-a", duration_seconds=30, version=None)
+            assert version is not None
+            store.release(name, version=version)
+            assert leader.hold()
+            warmth.publish([f"sha256:{round_:064x}"])
+            assert name not in store.list()
+        leader.release()
+    finally:
+        api.close()
+    messages = [r.getMessage() for r in caplog.records if r.name == "urllib3.connectionpool"]
+    started = [m for m in messages if m.startswith("Starting new")]
+    troubled = [m for m in messages if "Retrying" in m or "dropped" in m]
+    assert (len(started), troubled) == (1, []), messages
+    assert len(kept) >= 3 * 6
